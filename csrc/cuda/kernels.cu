@@ -1,0 +1,117 @@
+// CUDA kernels of scale_border_, scale_border and scale_weight.
+//
+// scale_border_ touches only the border band (a few rows and columns), in
+// place, one thread per element, no atomics. Factors are computed in the
+// kernel from the shared header, so nothing is copied from the host and the
+// launch can be captured in a CUDA graph.
+
+#include <ATen/Dispatch.h>
+#include <ATen/MemoryOverlap.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "../ops.h"
+
+namespace strideconv {
+namespace {
+
+constexpr int kThreads = 256;
+
+inline unsigned int blocks_for(int64_t items) {
+  const int64_t max_blocks = 65535LL * 8;  // grid-stride loops cover the rest
+  return static_cast<unsigned int>(std::min<int64_t>((items + kThreads - 1) / kThreads, max_blocks));
+}
+
+template <typename scalar_t, typename index_t>
+__global__ void scale_band_kernel(scalar_t* data, const BandWalk walk, const Geometry g,
+                                  const double power, const index_t items) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const index_t step = index_t(blockDim.x) * gridDim.x;
+  for (index_t e = index_t(blockIdx.x) * blockDim.x + threadIdx.x; e < items; e += step) {
+    index_t coord[kMaxSpatialDims];
+    const index_t off = walk.offset(e, coord);
+    opmath_t f = 1;
+    for (int d = 0; d < g.ndim; ++d) f *= g.axis[d].border_ratio<opmath_t>(coord[d], opmath_t(power));
+    if (f != opmath_t(1)) data[off] = static_cast<scalar_t>(static_cast<opmath_t>(data[off]) * f);
+  }
+}
+
+template <typename scalar_t>
+__global__ void scale_taps_kernel(const scalar_t* src, scalar_t* dst, const TapWalk walk,
+                                  const Geometry g, const double power, const int64_t items) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t step = int64_t(blockDim.x) * gridDim.x;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < items; e += step) {
+    int64_t tap[kMaxSpatialDims];
+    int64_t in_off, out_off;
+    walk.offsets(e, in_off, out_off, tap);
+    opmath_t f = 1;
+    for (int d = 0; d < g.ndim; ++d) f *= g.axis[d].tap_factor<opmath_t>(tap[d], opmath_t(power));
+    dst[out_off] = static_cast<scalar_t>(static_cast<opmath_t>(src[in_off]) * f);
+  }
+}
+
+void scale_border_inplace(
+    at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, double power) {
+  check_power(power);
+  const Geometry g = input_geometry(grad, kernel_size, stride, padding, dilation);
+  at::assert_no_internal_overlap(grad);
+  const BandWalk walk(grad, g);
+  const int64_t items = walk.items();
+  if (items == 0) return;
+  const c10::cuda::CUDAGuard guard(grad.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "scale_border_cuda", [&] {
+    if (walk.fits_int32(grad)) {
+      scale_band_kernel<scalar_t, int32_t><<<blocks_for(items), kThreads, 0, stream>>>(
+          grad.data_ptr<scalar_t>(), walk, g, power, static_cast<int32_t>(items));
+    } else {
+      scale_band_kernel<scalar_t, int64_t><<<blocks_for(items), kThreads, 0, stream>>>(
+          grad.data_ptr<scalar_t>(), walk, g, power, items);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+at::Tensor scale_border(
+    const at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, double power) {
+  at::Tensor out = grad.clone();
+  scale_border_inplace(out, kernel_size, stride, padding, dilation, power);
+  return out;
+}
+
+void scale_taps(const at::Tensor& weight, at::Tensor& out, const Geometry& g, double power) {
+  const c10::cuda::CUDAGuard guard(weight.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const TapWalk walk(weight, out);
+  const int64_t items = weight.numel();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "scale_taps_cuda", [&] {
+    scale_taps_kernel<scalar_t><<<blocks_for(items), kThreads, 0, stream>>>(
+        weight.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), walk, g, power, items);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+at::Tensor scale_weight(
+    const at::Tensor& weight, c10::SymIntArrayRef input_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view correction, double power) {
+  return scale_weight_with(&scale_taps, weight, C10_AS_INTARRAYREF_SLOW(input_size), stride,
+                           padding, dilation, correction, power);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(strideconv, CUDA, m) {
+  m.impl("scale_border_", &scale_border_inplace);
+  m.impl("scale_border", &scale_border);
+  m.impl("scale_weight", &scale_weight);
+}
+
+}  // namespace strideconv

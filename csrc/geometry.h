@@ -1,0 +1,191 @@
+#pragma once
+// The shape of one correction call, shared by the CPU and CUDA kernels: the
+// convolution's axes, and the "band" of input positions outside the interior
+// box, which is all the "position" correction has to touch.
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <limits>
+
+#include "factors.h"
+
+namespace strideconv {
+
+// The convolution settings of one call, per spatial axis (from the schema's
+// int[] arguments). Lengths come from the tensor the correction applies to.
+struct Geometry {
+  int ndim = 0;
+  Axis axis[kMaxSpatialDims];
+};
+
+inline Geometry make_geometry(
+    at::IntArrayRef lengths,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation) {
+  const auto nd = static_cast<int64_t>(lengths.size());
+  TORCH_CHECK_VALUE(
+      nd >= 1 && nd <= kMaxSpatialDims,
+      "strideconv: expected 1 to ", kMaxSpatialDims,
+      " spatial dimensions, got ", nd);
+  TORCH_CHECK_VALUE(
+      static_cast<int64_t>(kernel_size.size()) == nd &&
+          static_cast<int64_t>(stride.size()) == nd &&
+          static_cast<int64_t>(padding.size()) == nd &&
+          static_cast<int64_t>(dilation.size()) == nd,
+      "strideconv: kernel_size, stride, padding and dilation need ", nd,
+      " values each, got ", kernel_size, ", ", stride, ", ", padding, ", ",
+      dilation);
+  Geometry g;
+  g.ndim = static_cast<int>(nd);
+  for (int d = 0; d < g.ndim; ++d) {
+    TORCH_CHECK_VALUE(kernel_size[d] >= 1, "strideconv: kernel_size must be positive, got ", kernel_size);
+    TORCH_CHECK_VALUE(stride[d] >= 1, "strideconv: stride must be positive, got ", stride);
+    TORCH_CHECK_VALUE(padding[d] >= 0, "strideconv: padding must be non-negative, got ", padding);
+    TORCH_CHECK_VALUE(dilation[d] >= 1, "strideconv: dilation must be positive, got ", dilation);
+    g.axis[d] = Axis{lengths[d], kernel_size[d], stride[d], padding[d], dilation[d]};
+  }
+  return g;
+}
+
+// The positions outside the interior box, enumerated level by level: at level
+// l, axes before l run over their interior, axis l over its border, and axes
+// after l over everything. The levels partition the band exactly.
+struct Band {
+  int ndim = 0;
+  int64_t size[kMaxSpatialDims] = {1, 1, 1};
+  int64_t begin[kMaxSpatialDims] = {0, 0, 0};
+  int64_t end[kMaxSpatialDims] = {1, 1, 1};
+  int64_t level_count[kMaxSpatialDims] = {0, 0, 0};
+  int64_t count = 0;  // positions in the band
+
+  explicit Band(const Geometry& g) : ndim(g.ndim) {
+    for (int d = 0; d < ndim; ++d) {
+      size[d] = g.axis[d].length;
+      begin[d] = g.axis[d].interior_begin();
+      end[d] = g.axis[d].interior_end();
+    }
+    for (int l = 0; l < ndim; ++l) {
+      int64_t n = size[l] - (end[l] - begin[l]);
+      for (int d = 0; d < l; ++d) n *= end[d] - begin[d];
+      for (int d = l + 1; d < ndim; ++d) n *= size[d];
+      level_count[l] = n;
+      count += n;
+    }
+  }
+
+  // Spatial coordinates of the b-th band position, 0 <= b < count.
+  template <typename index_t>
+  STRIDECONV_HD void position(index_t b, index_t* coord) const {
+    int l = 0;
+    while (b >= index_t(level_count[l])) {
+      b -= index_t(level_count[l]);
+      ++l;
+    }
+    for (int d = ndim - 1; d > l; --d) {
+      coord[d] = b % index_t(size[d]);
+      b /= index_t(size[d]);
+    }
+    const index_t border = index_t(size[l] - (end[l] - begin[l]));
+    const index_t j = b % border;
+    b /= border;
+    coord[l] = j < index_t(begin[l]) ? j : index_t(end[l]) + (j - index_t(begin[l]));
+    for (int d = l - 1; d >= 0; --d) {
+      const index_t inner = index_t(end[d] - begin[d]);
+      coord[d] = index_t(begin[d]) + b % inner;
+      b /= inner;
+    }
+  }
+};
+
+// Walks the (batch, channel, band position) triples of a gradient tensor of
+// any strides. When channels are innermost in memory (channels_last) they vary
+// fastest, so neighbouring work items touch neighbouring addresses.
+struct BandWalk {
+  Band band;
+  int64_t batch = 0, channels = 0;
+  int64_t batch_stride = 0, channel_stride = 0;
+  int64_t spatial_stride[kMaxSpatialDims] = {0, 0, 0};
+  bool channels_inner = false;
+
+  BandWalk(const at::Tensor& t, const Geometry& g) : band(g) {
+    batch = t.size(0);
+    channels = t.size(1);
+    batch_stride = t.stride(0);
+    channel_stride = t.stride(1);
+    for (int d = 0; d < g.ndim; ++d) spatial_stride[d] = t.stride(2 + d);
+    channels_inner = channels > 1 && channel_stride == 1;
+  }
+
+  int64_t items() const { return batch * channels * band.count; }
+
+  // Memory offset of work item e; its spatial coordinates land in coord.
+  template <typename index_t>
+  STRIDECONV_HD index_t offset(index_t e, index_t* coord) const {
+    index_t n, c, b;
+    const index_t C = index_t(channels), B = index_t(band.count);
+    if (channels_inner) {
+      c = e % C;
+      e /= C;
+      b = e % B;
+      n = e / B;
+    } else {
+      b = e % B;
+      e /= B;
+      c = e % C;
+      n = e / C;
+    }
+    band.position(b, coord);
+    index_t off = n * index_t(batch_stride) + c * index_t(channel_stride);
+    for (int d = 0; d < band.ndim; ++d) off += coord[d] * index_t(spatial_stride[d]);
+    return off;
+  }
+
+  // Whether every item index and memory offset fits in 32-bit arithmetic,
+  // with headroom for a grid-stride step past the last item.
+  bool fits_int32(const at::Tensor& t) const {
+    const int64_t limit = std::numeric_limits<int32_t>::max() / 2;
+    int64_t max_offset = 0;
+    for (int64_t d = 0; d < t.dim(); ++d) max_offset += (t.size(d) - 1) * t.stride(d);
+    return items() <= limit && max_offset <= limit;
+  }
+};
+
+}  // namespace strideconv
+
+namespace strideconv {
+
+// Walks the elements of a weight (out, in / groups, *kernel) of any strides,
+// reading from it and writing to an output of possibly other strides.
+struct TapWalk {
+  int ndim = 0;  // tensor dims: 2 + spatial
+  int64_t size[2 + kMaxSpatialDims] = {};
+  int64_t in_stride[2 + kMaxSpatialDims] = {};
+  int64_t out_stride[2 + kMaxSpatialDims] = {};
+
+  TapWalk(const at::Tensor& in, const at::Tensor& out) : ndim(static_cast<int>(in.dim())) {
+    for (int d = 0; d < ndim; ++d) {
+      size[d] = in.size(d);
+      in_stride[d] = in.stride(d);
+      out_stride[d] = out.stride(d);
+    }
+  }
+
+  // Offsets of logical element e (row-major) in input and output; the kernel
+  // tap coordinates land in tap.
+  STRIDECONV_HD void offsets(int64_t e, int64_t& in_off, int64_t& out_off, int64_t* tap) const {
+    in_off = 0;
+    out_off = 0;
+    for (int d = ndim - 1; d >= 0; --d) {
+      const int64_t i = e % size[d];
+      e /= size[d];
+      in_off += i * in_stride[d];
+      out_off += i * out_stride[d];
+      if (d >= 2) tap[d - 2] = i;
+    }
+  }
+};
+
+}  // namespace strideconv

@@ -1,0 +1,104 @@
+"""Build strideconv's compiled operators against the torch already installed.
+
+    pip install --no-build-isolation .
+
+The C++ (CPU) operators are always built. The CUDA kernels are added when a
+CUDA-enabled torch and a CUDA toolkit are present, or when FORCE_CUDA=1;
+FORCE_ONLY_CPU=1 turns them off. TORCH_CUDA_ARCH_LIST and MAX_JOBS are honoured
+by torch.utils.cpp_extension; DEBUG=1 builds with -O0 -g.
+"""
+
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _toolkit_root(path):
+    """The CUDA toolkit folder (the one holding bin/nvcc and include/)."""
+    return path if path and os.path.isfile(os.path.join(path, "include", "cuda_runtime.h")) else None
+
+
+def _find_cuda_home():
+    # The nvcc found on PATH may be a launcher script outside the toolkit, so
+    # check that the guessed root really holds the toolkit's headers.
+    for candidate in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")):
+        if candidate:
+            return candidate
+    nvcc = shutil.which("nvcc")
+    guesses = []
+    if nvcc:
+        guesses.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    guesses.append("/usr/local/cuda")
+    for guess in guesses:
+        if _toolkit_root(guess):
+            return guess
+    return None
+
+
+_cuda_home = _find_cuda_home()
+if _cuda_home:
+    os.environ["CUDA_HOME"] = _cuda_home  # read by torch.utils.cpp_extension at import
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def _want_cuda():
+    if os.environ.get("FORCE_ONLY_CPU") == "1":
+        return False, "FORCE_ONLY_CPU=1"
+    if os.environ.get("FORCE_CUDA") == "1":
+        return True, "FORCE_CUDA=1"
+    if torch.version.cuda is None:
+        return False, f"torch {torch.__version__} is a CPU build"
+    if _cuda_home is None:
+        return False, "no CUDA toolkit found (set CUDA_HOME)"
+    return True, f"torch {torch.__version__} (CUDA {torch.version.cuda}), toolkit at {_cuda_home}"
+
+
+def _wheel_cuda_includes():
+    """Headers the CUDA library wheels install (cusparse.h, ...), for toolkits without them."""
+    if _cuda_home and os.path.isfile(os.path.join(_cuda_home, "include", "cusparse.h")):
+        return []
+    try:
+        import nvidia  # namespace package of the CUDA library wheels
+    except ImportError:
+        return []
+    found = []
+    for base in nvidia.__path__:
+        found += sorted(glob.glob(os.path.join(base, "*", "include")))
+    return found
+
+
+def extensions():
+    use_cuda, why = _want_cuda()
+    print(f"strideconv: building {'CPU + CUDA' if use_cuda else 'CPU only'} ({why})", file=sys.stderr)
+    debug = os.environ.get("DEBUG") == "1"
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    sources = [os.path.join(ROOT, "csrc", "ops.cpp"), os.path.join(ROOT, "csrc", "cpu", "kernels.cpp")]
+    args = {"cxx": opt + ["-std=c++17"]}
+    if not use_cuda:
+        return [CppExtension("strideconv._C", sources, extra_compile_args=args)]
+    sources.append(os.path.join(ROOT, "csrc", "cuda", "kernels.cu"))
+    args["nvcc"] = opt + ["-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+    return [
+        CUDAExtension(
+            "strideconv._C", sources, include_dirs=_wheel_cuda_includes(), extra_compile_args=args
+        )
+    ]
+
+
+setup(
+    name="strideconv",
+    version="0.1.0",
+    description="Strided convolutions whose input gradient is corrected for uneven kernel coverage",
+    packages=find_packages(include=["strideconv", "strideconv.*"]),
+    ext_modules=extensions(),
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4"],
+)

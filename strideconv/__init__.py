@@ -1,0 +1,24 @@
+"""strideconv: strided convolutions with a corrected input gradient.
+
+The forward pass is ``torch.nn.functional.conv2d``, bit for bit. The backward pass
+corrects ``grad_input`` for the uneven number of kernel windows that reach each
+input pixel under a stride (SPEC sections 1-3 in the project documentation).
+"""
+
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.strideconv.*)
+except ImportError as exc:  # no silent fallback to plain convolutions
+    raise ImportError(
+        "strideconv's compiled extension (strideconv._C) is missing or does not load: "
+        f"{exc}. Build it against your installed torch with "
+        "`pip install --no-build-isolation .` from the strideconv source folder "
+        "(add `-e` for a development install)."
+    ) from exc
+
+from . import ops  # noqa: F401,E402  (fake kernels and autograd)
+from . import functional  # noqa: E402
+from ._factors import CORRECTIONS, Factors, correction_factors, count_map  # noqa: E402
+from .modules import Conv2d  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["Conv2d", "functional", "count_map", "correction_factors", "Factors", "CORRECTIONS"]

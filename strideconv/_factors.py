@@ -1,0 +1,133 @@
+"""Multiplication counts and correction factors, written from the definitions.
+
+SPEC section 2, one spatial axis at a time; N-d quantities are products over
+axes. This is the readable reference of the math that csrc/factors.h runs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import torch
+
+CORRECTIONS = ("none", "map", "kernel", "position")
+
+
+def check_correction(correction: str, power: float) -> None:
+    """Raise ValueError for an unknown correction or a power that is not positive and finite."""
+    if not isinstance(correction, str) or correction not in CORRECTIONS:
+        raise ValueError(
+            f"correction must be one of {', '.join(repr(c) for c in CORRECTIONS)}, got {correction!r}"
+        )
+    if (
+        isinstance(power, bool)
+        or not isinstance(power, (int, float))
+        or not math.isfinite(power)
+        or power <= 0
+    ):
+        raise ValueError(f"power must be a positive finite number, got {power!r}")
+
+
+def _tuple(value, n: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * n
+    value = tuple(int(v) for v in value)
+    if len(value) != n:
+        raise ValueError(f"{name} needs {n} values, got {value}")
+    return value
+
+
+def axis_counts(length: int, kernel: int, stride: int, padding: int, dilation: int) -> list[int]:
+    """C(i) for one axis: how many (output o, tap t) pairs read input position i."""
+    if kernel < 1 or stride < 1 or dilation < 1 or padding < 0 or length < 0:
+        raise ValueError(
+            "need kernel, stride, dilation >= 1 and padding, length >= 0, got "
+            f"kernel={kernel}, stride={stride}, padding={padding}, dilation={dilation}, length={length}"
+        )
+    out_length = (length + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    counts = [0] * length
+    for o in range(max(out_length, 0)):
+        for t in range(kernel):
+            i = o * stride - padding + t * dilation
+            if 0 <= i < length:
+                counts[i] += 1
+    return counts
+
+
+def axis_class_counts(kernel: int, stride: int, dilation: int) -> list[int]:
+    """n(r) for r in 0..stride-1: how many taps t have (t * dilation) mod stride == r."""
+    n = [0] * stride
+    for t in range(kernel):
+        n[(t * dilation) % stride] += 1
+    return n
+
+
+def _sizes(input_size, kernel_size, stride, padding, dilation):
+    input_size = tuple(int(v) for v in input_size)
+    nd = len(input_size)
+    if isinstance(padding, str):
+        raise ValueError("count maps take integer padding; pass the padding 'same' resolves to")
+    return (
+        input_size,
+        _tuple(kernel_size, nd, "kernel_size"),
+        _tuple(stride, nd, "stride"),
+        _tuple(padding, nd, "padding"),
+        _tuple(dilation, nd, "dilation"),
+    )
+
+
+def _outer(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
+    out = vectors[0]
+    for v in vectors[1:]:
+        out = out.unsqueeze(-1) * v
+    return out
+
+
+def count_map(input_size, kernel_size, stride=1, padding=0, dilation=1) -> torch.Tensor:
+    """The multiplication count C of every input position, as an int64 tensor of ``input_size``.
+
+    ``input_size`` is the spatial size, e.g. ``(H, W)``; the other arguments take an int or one
+    value per spatial dimension, as ``torch.nn.Conv2d`` does.
+
+    >>> count_map((6, 6), 3, stride=2, padding=1)[:2, :2]
+    tensor([[1, 2],
+            [2, 4]])
+    """
+    sizes = _sizes(input_size, kernel_size, stride, padding, dilation)
+    per_axis = [torch.tensor(axis_counts(*args), dtype=torch.int64) for args in zip(*sizes)]
+    return _outer(per_axis)
+
+
+class Factors(NamedTuple):
+    """The correction factors of one convolution geometry (SPEC section 3), float64."""
+
+    counts: torch.Tensor  # C(i), shape input_size
+    position: torch.Tensor  # (K / C(i))^g where C > 0, else 0; shape input_size
+    kernel: torch.Tensor  # (K / n(r(t)))^g per tap, shape kernel_size
+    map: float  # alpha = K^g / sqrt(mean_i C(i)^(2g))
+
+
+def correction_factors(
+    input_size, kernel_size, stride=1, padding=0, dilation=1, power: float = 0.5
+) -> Factors:
+    """Every factor strideconv applies to ``grad_input``, from the definitions.
+
+    ``position``: the factor map the default correction multiplies the true input gradient with;
+    ``kernel``: the per-tap weight factors of ``correction="kernel"``; ``map``: the scalar alpha of
+    ``correction="map"``.
+    """
+    check_correction("none", power)
+    input_size, kernel_size, stride, padding, dilation = _sizes(
+        input_size, kernel_size, stride, padding, dilation
+    )
+    counts, position, taps, alpha = [], [], [], 1.0
+    for length, k, s, p, q in zip(input_size, kernel_size, stride, padding, dilation):
+        c = axis_counts(length, k, s, p, q)
+        n = axis_class_counts(k, s, q)
+        counts.append(torch.tensor(c, dtype=torch.int64))
+        position.append(torch.tensor([(k / ci) ** power if ci > 0 else 0.0 for ci in c], dtype=torch.float64))
+        taps.append(torch.tensor([(k / n[(t * q) % s]) ** power for t in range(k)], dtype=torch.float64))
+        mean = sum(ci ** (2 * power) for ci in c if ci > 0) / max(length, 1)
+        alpha *= k**power / math.sqrt(mean) if mean > 0 else 1.0
+    return Factors(_outer(counts), _outer(position), _outer(taps), alpha)
