@@ -80,11 +80,11 @@ def extensions():
     debug = os.environ.get("DEBUG") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
     sources = [os.path.join(ROOT, "csrc", "ops.cpp"), os.path.join(ROOT, "csrc", "cpu", "kernels.cpp")]
-    args = {"cxx": opt + ["-std=c++17"]}
+    args = {"cxx": list(opt)}  # the C++ standard is chosen by cpp_extension for this torch
     if not use_cuda:
         return [CppExtension("strideconv._C", sources, extra_compile_args=args)]
     sources.append(os.path.join(ROOT, "csrc", "cuda", "kernels.cu"))
-    args["nvcc"] = opt + ["-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+    args["nvcc"] = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
     return [
         CUDAExtension(
             "strideconv._C", sources, include_dirs=_wheel_cuda_includes(), extra_compile_args=args

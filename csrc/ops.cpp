@@ -21,6 +21,10 @@ at::Tensor conv_forward(
     c10::string_view correction, double power) {
   parse_correction(correction);
   check_power(power);
+  // at::conv2d checks the bias before at::convolution does; keep its message.
+  TORCH_CHECK(
+      !bias.has_value() || !bias->defined() || input.dtype() == bias->dtype(),
+      "Input type (", input.dtype(), ") and bias type (", bias->dtype(), ") should be the same");
   const std::vector<int64_t> output_padding(stride.size(), 0);
   return at::convolution(input, weight, bias, stride, padding, dilation,
                          /*transposed=*/false, output_padding, groups);

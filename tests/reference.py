@@ -1,0 +1,57 @@
+"""Independent references, built from plain PyTorch ops and the SPEC definitions only."""
+
+import torch
+import torch.nn.functional as F
+
+
+def count_map_by_autograd(size, kernel, stride, padding, dilation):
+    """C(i): the input gradient of an all-ones convolution under an all-ones output gradient."""
+    x = torch.ones((1, 1) + tuple(size), dtype=torch.float64, requires_grad=True)
+    w = torch.ones((1, 1) + tuple(kernel), dtype=torch.float64)
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(size)]
+    y = conv(x, w, stride=stride, padding=padding, dilation=dilation)
+    (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    return g[0, 0].round()
+
+
+def tap_factors(kernel, stride, dilation, power):
+    """(k / n(r(t)))^g per tap, the outer product over axes, from the definition of classes."""
+    out = torch.ones(())
+    for k, s, q in zip(kernel, stride, dilation):
+        classes = [(t * q) % s for t in range(k)]
+        f = torch.tensor([(k / classes.count(r)) ** power for r in classes], dtype=torch.float64)
+        out = out.unsqueeze(-1) * f
+    return out
+
+
+def interior_counts(size, kernel, stride, padding, dilation):
+    """n((i + p) mod s): the count each position would have away from the borders."""
+    out = torch.ones(())
+    for L, k, s, p, q in zip(size, kernel, stride, padding, dilation):
+        classes = [(t * q) % s for t in range(k)]
+        n = torch.tensor([classes.count((i + p) % s) for i in range(L)], dtype=torch.float64)
+        out = out.unsqueeze(-1) * n
+    return out
+
+
+def expected_grad_input(correction, power, x, w, grad_out, stride, padding, dilation, groups):
+    """grad_input of SPEC section 3, from the true gradient of F.conv2d and the count map."""
+    x = x.detach().double().requires_grad_()
+    w = w.detach().double()
+    grad_out = grad_out.double()
+    kernel = tuple(w.shape[2:])
+    if correction == "kernel":
+        w = w * tap_factors(kernel, stride, dilation, power)
+    y = F.conv2d(x, w, None, stride, padding, dilation, groups)
+    (true,) = torch.autograd.grad(y, x, grad_out)
+    if correction in ("none", "kernel"):
+        return true
+    C = count_map_by_autograd(x.shape[2:], kernel, stride, padding, dilation)
+    K = float(torch.tensor(kernel).prod())
+    if correction == "position":
+        factor = torch.where(C > 0, (K / C.clamp(min=1)) ** power, torch.zeros_like(C))
+        return true * factor
+    mean = (C ** (2 * power)).mean()
+    if mean == 0:  # no window touches the input: the true gradient is zero, alpha undefined
+        return true
+    return true * (K**power / mean.sqrt())
