@@ -41,6 +41,10 @@ def _scale_border_inplace_fake(grad, kernel_size, stride, padding, dilation, pow
 
 # ----- autograd -------------------------------------------------------------------------------
 
+def _taps_trivial(kernel_size, stride, dilation):
+    return all(k == 1 or q % s == 0 for k, s, q in zip(kernel_size, stride, dilation))
+
+
 def _conv_setup_context(ctx, inputs, output):
     input, weight, bias, stride, padding, dilation, groups, correction, power = inputs
     ctx.save_for_backward(input, weight)
@@ -56,7 +60,9 @@ def _conv_backward(ctx, grad):
     stride, padding, dilation, groups = ctx.conv
     corrected = need_input and ctx.correction != "none"
     w = weight
-    if corrected:
+    # "kernel" and "position" leave the weight alone when every tap factor is 1
+    # (k == 1, or all taps in one class: dilation a multiple of stride).
+    if corrected and not (ctx.correction != "map" and _taps_trivial(weight.shape[2:], stride, dilation)):
         w = _ops.scale_weight(
             weight, input.shape[2:], stride, padding, dilation, ctx.correction, ctx.power
         )

@@ -59,6 +59,11 @@ at::Tensor scale_border(
 void scale_taps(const at::Tensor& weight, at::Tensor& out, const Geometry& g, double power) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "scale_taps_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
+    std::vector<opmath_t> factor[kMaxSpatialDims];  // per axis, per tap
+    for (int d = 0; d < g.ndim; ++d) {
+      for (int64_t t = 0; t < g.axis[d].kernel; ++t)
+        factor[d].push_back(g.axis[d].tap_factor<opmath_t>(t, opmath_t(power)));
+    }
     const TapWalk walk(weight, out);
     const scalar_t* src = weight.const_data_ptr<scalar_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
@@ -68,7 +73,7 @@ void scale_taps(const at::Tensor& weight, at::Tensor& out, const Geometry& g, do
       for (int64_t e = first; e < last; ++e) {
         walk.offsets(e, in_off, out_off, tap);
         opmath_t f = 1;
-        for (int d = 0; d < g.ndim; ++d) f *= g.axis[d].tap_factor<opmath_t>(tap[d], opmath_t(power));
+        for (int d = 0; d < g.ndim; ++d) f *= factor[d][tap[d]];
         dst[out_off] = static_cast<scalar_t>(static_cast<opmath_t>(src[in_off]) * f);
       }
     });
