@@ -5,6 +5,8 @@ corrects ``grad_input`` for the uneven number of kernel windows that reach each
 input pixel under a stride (SPEC sections 1-3 in the project documentation).
 """
 
+import torch  # noqa: F401  (loads libtorch, which _C links against)
+
 try:
     from . import _C  # noqa: F401  (registers torch.ops.strideconv.*)
 except ImportError as exc:  # no silent fallback to plain convolutions
