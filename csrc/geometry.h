@@ -19,36 +19,14 @@ struct Geometry {
   Axis axis[kMaxSpatialDims];
 };
 
-inline Geometry make_geometry(
+// Checked per-axis settings; lengths are the spatial sizes of the tensor the
+// correction applies to. Defined in checks.cpp.
+Geometry make_geometry(
     at::IntArrayRef lengths,
     at::IntArrayRef kernel_size,
     at::IntArrayRef stride,
     at::IntArrayRef padding,
-    at::IntArrayRef dilation) {
-  const auto nd = static_cast<int64_t>(lengths.size());
-  TORCH_CHECK_VALUE(
-      nd >= 1 && nd <= kMaxSpatialDims,
-      "strideconv: expected 1 to ", kMaxSpatialDims,
-      " spatial dimensions, got ", nd);
-  TORCH_CHECK_VALUE(
-      static_cast<int64_t>(kernel_size.size()) == nd &&
-          static_cast<int64_t>(stride.size()) == nd &&
-          static_cast<int64_t>(padding.size()) == nd &&
-          static_cast<int64_t>(dilation.size()) == nd,
-      "strideconv: kernel_size, stride, padding and dilation need ", nd,
-      " values each, got ", kernel_size, ", ", stride, ", ", padding, ", ",
-      dilation);
-  Geometry g;
-  g.ndim = static_cast<int>(nd);
-  for (int d = 0; d < g.ndim; ++d) {
-    TORCH_CHECK_VALUE(kernel_size[d] >= 1, "strideconv: kernel_size must be positive, got ", kernel_size);
-    TORCH_CHECK_VALUE(stride[d] >= 1, "strideconv: stride must be positive, got ", stride);
-    TORCH_CHECK_VALUE(padding[d] >= 0, "strideconv: padding must be non-negative, got ", padding);
-    TORCH_CHECK_VALUE(dilation[d] >= 1, "strideconv: dilation must be positive, got ", dilation);
-    g.axis[d] = Axis{lengths[d], kernel_size[d], stride[d], padding[d], dilation[d]};
-  }
-  return g;
-}
+    at::IntArrayRef dilation);
 
 // The positions outside the interior box, enumerated level by level: at level
 // l, axes before l run over their interior, axis l over its border, and axes

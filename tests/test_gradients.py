@@ -115,7 +115,8 @@ def test_kernel_equals_position_in_the_interior(device):
         y = conv2d(xx, w, b, **kw, correction=correction)
         (grads[correction],) = torch.autograd.grad(y, xx, torch.ones_like(y))
     interior = (slice(None), slice(None), slice(0, 19), slice(0, 19))
-    assert torch.equal(grads["kernel"][interior], grads["position"][interior])
+    # equal up to rounding: cuDNN may pick different dgrad algorithms for the two calls
+    torch.testing.assert_close(grads["kernel"][interior], grads["position"][interior], rtol=1e-12, atol=1e-12)
     assert not torch.allclose(grads["kernel"], grads["position"])  # the last row/column differ
 
 

@@ -1,0 +1,103 @@
+// Argument checks and the device-independent half of the operators.
+
+#include <cmath>
+#include <string>
+
+#include "ops.h"
+
+namespace strideconv {
+
+Geometry make_geometry(
+    at::IntArrayRef lengths,
+    at::IntArrayRef kernel_size,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation) {
+  const auto nd = static_cast<int64_t>(lengths.size());
+  TORCH_CHECK_VALUE(
+      nd >= 1 && nd <= kMaxSpatialDims,
+      "strideconv: expected 1 to ", kMaxSpatialDims,
+      " spatial dimensions, got ", nd);
+  TORCH_CHECK_VALUE(
+      static_cast<int64_t>(kernel_size.size()) == nd &&
+          static_cast<int64_t>(stride.size()) == nd &&
+          static_cast<int64_t>(padding.size()) == nd &&
+          static_cast<int64_t>(dilation.size()) == nd,
+      "strideconv: kernel_size, stride, padding and dilation need ", nd,
+      " values each, got ", kernel_size, ", ", stride, ", ", padding, ", ",
+      dilation);
+  Geometry g;
+  g.ndim = static_cast<int>(nd);
+  for (int d = 0; d < g.ndim; ++d) {
+    TORCH_CHECK_VALUE(kernel_size[d] >= 1, "strideconv: kernel_size must be positive, got ", kernel_size);
+    TORCH_CHECK_VALUE(stride[d] >= 1, "strideconv: stride must be positive, got ", stride);
+    TORCH_CHECK_VALUE(padding[d] >= 0, "strideconv: padding must be non-negative, got ", padding);
+    TORCH_CHECK_VALUE(dilation[d] >= 1, "strideconv: dilation must be positive, got ", dilation);
+    g.axis[d] = Axis{lengths[d], kernel_size[d], stride[d], padding[d], dilation[d]};
+  }
+  return g;
+}
+
+Correction parse_correction(c10::string_view name) {
+  if (name == "none") return Correction::None;
+  if (name == "map") return Correction::Map;
+  if (name == "kernel") return Correction::Kernel;
+  if (name == "position") return Correction::Position;
+  TORCH_CHECK_VALUE(
+      false, "strideconv: correction must be one of 'none', 'map', 'kernel', 'position', got '",
+      std::string(name), "'");
+  return Correction::None;  // not reached
+}
+
+void check_power(double power) {
+  TORCH_CHECK_VALUE(
+      std::isfinite(power) && power > 0,
+      "strideconv: power must be a positive finite number, got ", power);
+}
+
+// Geometry of a gradient w.r.t. the input (N, C, *spatial).
+Geometry input_geometry(
+    const at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation) {
+  TORCH_CHECK_VALUE(
+      grad.dim() >= 3 && grad.dim() <= 2 + kMaxSpatialDims,
+      "strideconv: expected a (batch, channels, *spatial) tensor with 1 to 3 spatial dims, got sizes ",
+      grad.sizes());
+  TORCH_CHECK_VALUE(
+      grad.is_floating_point(), "strideconv: expected a floating point tensor, got ", grad.scalar_type());
+  return make_geometry(grad.sizes().slice(2), kernel_size, stride, padding, dilation);
+}
+
+// The weight "kernel"/"position" backward with: each tap times its tap factor,
+// on a fresh tensor laid out like the weight. One device kernel each.
+
+// The weight whose input gradient is the corrected one (SPEC section 3).
+at::Tensor scale_weight_with(
+    ScaleTapsFn scale_taps, const at::Tensor& weight, at::IntArrayRef input_size,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+    c10::string_view correction, double power) {
+  const Correction kind = parse_correction(correction);
+  check_power(power);
+  TORCH_CHECK_VALUE(
+      weight.dim() >= 3 && weight.dim() <= 2 + kMaxSpatialDims,
+      "strideconv: expected a weight of sizes (out, in / groups, *kernel), got ", weight.sizes());
+  TORCH_CHECK_VALUE(
+      weight.is_floating_point(), "strideconv: expected a floating point weight, got ", weight.scalar_type());
+  const Geometry g = make_geometry(input_size, weight.sizes().slice(2), stride, padding, dilation);
+  switch (kind) {
+    case Correction::None:
+      return weight.clone();
+    case Correction::Map: {
+      double alpha = 1.0;
+      for (int d = 0; d < g.ndim; ++d) alpha *= g.axis[d].map_factor(power);
+      return weight * alpha;
+    }
+    default: {
+      at::Tensor out = at::empty_like(weight);
+      if (out.numel() > 0) scale_taps(weight, out, g, power);
+      return out;
+    }
+  }
+}
+
+}  // namespace strideconv
