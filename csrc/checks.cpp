@@ -1,11 +1,31 @@
 // Argument checks and the device-independent half of the operators.
 
 #include <cmath>
+#include <cstdio>
 #include <string>
 
 #include "ops.h"
 
 namespace strideconv {
+namespace {
+
+// Error messages are assembled from strings only: on one toolchain (torch 2.11,
+// GCC 13) streaming numbers into a TORCH_CHECK message crashed while throwing.
+std::string show(at::IntArrayRef values) {
+  std::string out = "[";
+  for (size_t i = 0; i < values.size(); ++i) out += (i ? ", " : "") + std::to_string(values[i]);
+  return out + "]";
+}
+
+std::string show(double value) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof(buffer), "%g", value);
+  return buffer;
+}
+
+std::string show(at::ScalarType type) { return c10::toString(type); }
+
+}  // namespace
 
 Geometry make_geometry(
     at::IntArrayRef lengths,
@@ -16,23 +36,23 @@ Geometry make_geometry(
   const auto nd = static_cast<int64_t>(lengths.size());
   TORCH_CHECK_VALUE(
       nd >= 1 && nd <= kMaxSpatialDims,
-      "strideconv: expected 1 to ", kMaxSpatialDims,
-      " spatial dimensions, got ", nd);
+      "strideconv: expected 1 to ", std::to_string(kMaxSpatialDims),
+      " spatial dimensions, got ", std::to_string(nd));
   TORCH_CHECK_VALUE(
       static_cast<int64_t>(kernel_size.size()) == nd &&
           static_cast<int64_t>(stride.size()) == nd &&
           static_cast<int64_t>(padding.size()) == nd &&
           static_cast<int64_t>(dilation.size()) == nd,
-      "strideconv: kernel_size, stride, padding and dilation need ", nd,
-      " values each, got ", kernel_size, ", ", stride, ", ", padding, ", ",
-      dilation);
+      "strideconv: kernel_size, stride, padding and dilation need ", std::to_string(nd),
+      " values each, got ", show(kernel_size), ", ", show(stride), ", ", show(padding), ", ",
+      show(dilation));
   Geometry g;
   g.ndim = static_cast<int>(nd);
   for (int d = 0; d < g.ndim; ++d) {
-    TORCH_CHECK_VALUE(kernel_size[d] >= 1, "strideconv: kernel_size must be positive, got ", kernel_size);
-    TORCH_CHECK_VALUE(stride[d] >= 1, "strideconv: stride must be positive, got ", stride);
-    TORCH_CHECK_VALUE(padding[d] >= 0, "strideconv: padding must be non-negative, got ", padding);
-    TORCH_CHECK_VALUE(dilation[d] >= 1, "strideconv: dilation must be positive, got ", dilation);
+    TORCH_CHECK_VALUE(kernel_size[d] >= 1, "strideconv: kernel_size must be positive, got ", show(kernel_size));
+    TORCH_CHECK_VALUE(stride[d] >= 1, "strideconv: stride must be positive, got ", show(stride));
+    TORCH_CHECK_VALUE(padding[d] >= 0, "strideconv: padding must be non-negative, got ", show(padding));
+    TORCH_CHECK_VALUE(dilation[d] >= 1, "strideconv: dilation must be positive, got ", show(dilation));
     g.axis[d] = Axis{lengths[d], kernel_size[d], stride[d], padding[d], dilation[d]};
   }
   return g;
@@ -52,7 +72,7 @@ Correction parse_correction(c10::string_view name) {
 void check_power(double power) {
   TORCH_CHECK_VALUE(
       std::isfinite(power) && power > 0,
-      "strideconv: power must be a positive finite number, got ", power);
+      "strideconv: power must be a positive finite number, got ", show(power));
 }
 
 // Geometry of a gradient w.r.t. the input (N, C, *spatial).
@@ -62,9 +82,9 @@ Geometry input_geometry(
   TORCH_CHECK_VALUE(
       grad.dim() >= 3 && grad.dim() <= 2 + kMaxSpatialDims,
       "strideconv: expected a (batch, channels, *spatial) tensor with 1 to 3 spatial dims, got sizes ",
-      grad.sizes());
+      show(grad.sizes()));
   TORCH_CHECK_VALUE(
-      grad.is_floating_point(), "strideconv: expected a floating point tensor, got ", grad.scalar_type());
+      grad.is_floating_point(), "strideconv: expected a floating point tensor, got ", show(grad.scalar_type()));
   return make_geometry(grad.sizes().slice(2), kernel_size, stride, padding, dilation);
 }
 
@@ -80,9 +100,9 @@ at::Tensor scale_weight_with(
   check_power(power);
   TORCH_CHECK_VALUE(
       weight.dim() >= 3 && weight.dim() <= 2 + kMaxSpatialDims,
-      "strideconv: expected a weight of sizes (out, in / groups, *kernel), got ", weight.sizes());
+      "strideconv: expected a weight of sizes (out, in / groups, *kernel), got ", show(weight.sizes()));
   TORCH_CHECK_VALUE(
-      weight.is_floating_point(), "strideconv: expected a floating point weight, got ", weight.scalar_type());
+      weight.is_floating_point(), "strideconv: expected a floating point weight, got ", show(weight.scalar_type()));
   const Geometry g = make_geometry(input_size, weight.sizes().slice(2), stride, padding, dilation);
   switch (kind) {
     case Correction::None:

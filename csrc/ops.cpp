@@ -24,7 +24,8 @@ at::Tensor conv_forward(
   // at::conv2d checks the bias before at::convolution does; keep its message.
   TORCH_CHECK(
       !bias.has_value() || !bias->defined() || input.dtype() == bias->dtype(),
-      "Input type (", input.dtype(), ") and bias type (", bias->dtype(), ") should be the same");
+      "Input type (", std::string(input.dtype().name()), ") and bias type (",
+      std::string(bias.has_value() && bias->defined() ? bias->dtype().name() : "none"), ") should be the same");
   const std::vector<int64_t> output_padding(stride.size(), 0);
   return at::convolution(input, weight, bias, stride, padding, dilation,
                          /*transposed=*/false, output_padding, groups);
