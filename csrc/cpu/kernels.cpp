@@ -64,9 +64,30 @@ void scale_taps(const at::Tensor& weight, at::Tensor& out, const Geometry& g, do
       for (int64_t t = 0; t < g.axis[d].kernel; ++t)
         factor[d].push_back(g.axis[d].tap_factor<opmath_t>(t, opmath_t(power)));
     }
-    const TapWalk walk(weight, out);
     const scalar_t* src = weight.const_data_ptr<scalar_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
+    if (weight.is_contiguous() && out.is_contiguous()) {
+      // The usual layout: taps innermost, so one flat table of tap factors
+      // repeats along the weight and no index arithmetic is needed.
+      std::vector<opmath_t> flat(1, opmath_t(1));
+      for (int d = 0; d < g.ndim; ++d) {
+        std::vector<opmath_t> next;
+        for (const opmath_t a : flat)
+          for (const opmath_t b : factor[d]) next.push_back(a * b);
+        flat.swap(next);
+      }
+      const int64_t taps = static_cast<int64_t>(flat.size());
+      at::parallel_for(0, weight.numel() / taps, 256, [&](int64_t first, int64_t last) {
+        for (int64_t row = first; row < last; ++row) {
+          for (int64_t t = 0; t < taps; ++t) {
+            const int64_t e = row * taps + t;
+            dst[e] = static_cast<scalar_t>(static_cast<opmath_t>(src[e]) * flat[t]);
+          }
+        }
+      });
+      return;
+    }
+    const TapWalk walk(weight, out);
     at::parallel_for(0, weight.numel(), 4096, [&](int64_t first, int64_t last) {
       int64_t tap[kMaxSpatialDims];
       int64_t in_off, out_off;
