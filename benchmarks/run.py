@@ -36,6 +36,13 @@ CORRECTIONS = ["none", "map", "kernel", "position"]
 
 # ----- 1. gradient variance (SPEC section 6) ------------------------------------------------
 
+def grouped_conv(x, w, stride, padding, groups, correction, power=0.5):
+    """Independent draws side by side as groups; correction None is plain F.conv2d."""
+    if correction is None:
+        return F.conv2d(x, w, stride=stride, padding=padding, groups=groups)
+    return conv2d(x, w, stride=stride, padding=padding, groups=groups, correction=correction, power=power)
+
+
 def variance_run(c, k, stride, size, layers, correction, power, draws, batch, device, seed):
     """Mean Var[y_L] and Var[dx_1] over `draws` independent draws, run side by side as groups."""
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -47,10 +54,7 @@ def variance_run(c, k, stride, size, layers, correction, power, draws, batch, de
         h = x
         for layer in range(layers):
             w = torch.randn(d * c, c, k, k, generator=gen, device=device)
-            if correction is None:
-                y = F.conv2d(h, w, stride=stride, groups=d)
-            else:
-                y = conv2d(h, w, stride=stride, groups=d, correction=correction, power=power)
+            y = grouped_conv(h, w, stride, 0, d, correction, power)
             h = torch.relu(y) if layer < layers - 1 else y
         grad = torch.randn(y.shape, generator=gen, device=device)
         (dx,) = torch.autograd.grad(y, x, grad)
@@ -88,10 +92,7 @@ def variance_map(k, s, p, size, correction, draws, device):
     c = 3
     x = torch.randn(1, draws * c, size, size, generator=gen, device=device, requires_grad=True)
     w = torch.randn(draws * c, c, k, k, generator=gen, device=device)
-    if correction is None:
-        y = F.conv2d(x, w, stride=s, padding=p, groups=draws)
-    else:
-        y = conv2d(x, w, stride=s, padding=p, groups=draws, correction=correction)
+    y = grouped_conv(x, w, s, p, draws, correction)
     (dx,) = torch.autograd.grad(y, x, torch.randn(y.shape, generator=gen, device=device))
     return dx.reshape(draws * c, size, size).double().pow(2).mean(0).cpu()
 

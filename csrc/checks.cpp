@@ -25,6 +25,15 @@ std::string show(double value) {
 
 std::string show(at::ScalarType type) { return c10::toString(type); }
 
+// A floating point tensor (outer, inner, *spatial) with 1 to 3 spatial dims.
+void check_operand(const at::Tensor& t, const char* what, const char* layout) {
+  TORCH_CHECK_VALUE(
+      t.dim() >= 3 && t.dim() <= 2 + kMaxSpatialDims, "strideconv: expected a ", what, " of sizes ",
+      layout, " with 1 to 3 spatial dims, got sizes ", show(t.sizes()));
+  TORCH_CHECK_VALUE(
+      t.is_floating_point(), "strideconv: expected a floating point ", what, ", got ", show(t.scalar_type()));
+}
+
 }  // namespace
 
 Geometry make_geometry(
@@ -79,17 +88,9 @@ void check_power(double power) {
 Geometry input_geometry(
     const at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation) {
-  TORCH_CHECK_VALUE(
-      grad.dim() >= 3 && grad.dim() <= 2 + kMaxSpatialDims,
-      "strideconv: expected a (batch, channels, *spatial) tensor with 1 to 3 spatial dims, got sizes ",
-      show(grad.sizes()));
-  TORCH_CHECK_VALUE(
-      grad.is_floating_point(), "strideconv: expected a floating point tensor, got ", show(grad.scalar_type()));
+  check_operand(grad, "gradient", "(batch, channels, *spatial)");
   return make_geometry(grad.sizes().slice(2), kernel_size, stride, padding, dilation);
 }
-
-// The weight "kernel"/"position" backward with: each tap times its tap factor,
-// on a fresh tensor laid out like the weight. One device kernel each.
 
 // The weight whose input gradient is the corrected one (SPEC section 3).
 at::Tensor scale_weight_with(
@@ -98,11 +99,7 @@ at::Tensor scale_weight_with(
     c10::string_view correction, double power) {
   const Correction kind = parse_correction(correction);
   check_power(power);
-  TORCH_CHECK_VALUE(
-      weight.dim() >= 3 && weight.dim() <= 2 + kMaxSpatialDims,
-      "strideconv: expected a weight of sizes (out, in / groups, *kernel), got ", show(weight.sizes()));
-  TORCH_CHECK_VALUE(
-      weight.is_floating_point(), "strideconv: expected a floating point weight, got ", show(weight.scalar_type()));
+  check_operand(weight, "weight", "(out, in / groups, *kernel)");
   const Geometry g = make_geometry(input_size, weight.sizes().slice(2), stride, padding, dilation);
   switch (kind) {
     case Correction::None:

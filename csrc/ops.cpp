@@ -25,7 +25,7 @@ at::Tensor conv_forward(
   TORCH_CHECK(
       !bias.has_value() || !bias->defined() || input.dtype() == bias->dtype(),
       "Input type (", std::string(input.dtype().name()), ") and bias type (",
-      std::string(bias.has_value() && bias->defined() ? bias->dtype().name() : "none"), ") should be the same");
+      std::string(bias->dtype().name()), ") should be the same");  // built only on failure
   const std::vector<int64_t> output_padding(stride.size(), 0);
   return at::convolution(input, weight, bias, stride, padding, dilation,
                          /*transposed=*/false, output_padding, groups);

@@ -59,10 +59,11 @@ def _conv_backward(ctx, grad):
     need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
     stride, padding, dilation, groups = ctx.conv
     corrected = need_input and ctx.correction != "none"
-    w = weight
     # "kernel" and "position" leave the weight alone when every tap factor is 1
     # (k == 1, or all taps in one class: dilation a multiple of stride).
-    if corrected and not (ctx.correction != "map" and _taps_trivial(weight.shape[2:], stride, dilation)):
+    scale_taps = ctx.correction != "map" and not _taps_trivial(weight.shape[2:], stride, dilation)
+    w = weight
+    if corrected and (ctx.correction == "map" or scale_taps):
         w = _ops.scale_weight(
             weight, input.shape[2:], stride, padding, dilation, ctx.correction, ctx.power
         )
