@@ -91,6 +91,26 @@ struct Axis {
     return e < begin ? begin : (e > length ? length : e);
   }
 
+  // Whether (n / C)^g is 1 at position i whatever g is.
+  STRIDECONV_HD bool ratio_is_one(int64_t i) const {
+    const int64_t c = count(i);
+    return c == 0 || c == class_count_at(i);
+  }
+
+  // [band_begin, band_end): the interior widened over its neighbours whose
+  // ratio is 1 anyway (every position when k == s, as in a patch embedding),
+  // so that the band holds only positions that may need scaling. Host only.
+  int64_t band_begin() const {
+    int64_t b = interior_begin();
+    while (b > 0 && ratio_is_one(b - 1)) --b;
+    return b;
+  }
+  int64_t band_end() const {
+    int64_t e = interior_end();
+    while (e < length && ratio_is_one(e)) ++e;
+    return e;
+  }
+
   // (n / C)^g turns the "kernel"-corrected gradient into the "position" one.
   // Positions no window touches (C = 0) keep their zero gradient: factor 1.
   template <typename real_t>

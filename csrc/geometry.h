@@ -28,7 +28,8 @@ Geometry make_geometry(
     at::IntArrayRef padding,
     at::IntArrayRef dilation);
 
-// The positions outside the interior box, enumerated level by level: at level
+// The positions outside the band's interior box (Axis::band_begin/band_end),
+// enumerated level by level: at level
 // l, axes before l run over their interior, axis l over its border, and axes
 // after l over everything. The levels partition the band exactly.
 struct Band {
@@ -42,8 +43,8 @@ struct Band {
   explicit Band(const Geometry& g) : ndim(g.ndim) {
     for (int d = 0; d < ndim; ++d) {
       size[d] = g.axis[d].length;
-      begin[d] = g.axis[d].interior_begin();
-      end[d] = g.axis[d].interior_end();
+      begin[d] = g.axis[d].band_begin();
+      end[d] = g.axis[d].band_end();
     }
     for (int l = 0; l < ndim; ++l) {
       int64_t n = size[l] - (end[l] - begin[l]);
@@ -75,6 +76,67 @@ struct Band {
       coord[d] = index_t(begin[d]) + b % inner;
       b /= inner;
     }
+  }
+};
+
+// Per-axis factors that the kernels look up instead of recomputing them for
+// every element: the border ratio of the first kCached positions on each side
+// of the band's interior, and the tap factor of the first kCached taps. What
+// lies beyond (very wide borders or kernels) is computed from the Axis. Small
+// and trivially copyable: passed to CUDA kernels by value.
+constexpr int kCached = 32;
+
+template <typename real_t>
+struct AxisFactors {
+  Axis axis;
+  real_t power = 1;
+  int64_t begin = 0, end = 0;  // the band's interior on this axis
+  real_t front[kCached] = {}, back[kCached] = {}, tap[kCached] = {};
+
+  AxisFactors() = default;
+  AxisFactors(const Axis& a, double g)
+      : axis(a), power(real_t(g)), begin(a.band_begin()), end(a.band_end()) {
+    for (int64_t j = 0; j < kCached; ++j) {
+      if (j < begin) front[j] = a.border_ratio<real_t>(j, power);
+      if (end + j < a.length) back[j] = a.border_ratio<real_t>(end + j, power);
+      if (j < a.kernel) tap[j] = a.tap_factor<real_t>(j, power);
+    }
+  }
+
+  // (n / C(i))^g, 1 inside the interior.
+  STRIDECONV_HD real_t ratio(int64_t i) const {
+    if (i < begin) return i < kCached ? front[i] : axis.border_ratio<real_t>(i, power);
+    if (i >= end) return i - end < kCached ? back[i - end] : axis.border_ratio<real_t>(i, power);
+    return real_t(1);
+  }
+
+  // (k / n(r(t)))^g.
+  STRIDECONV_HD real_t tap_factor(int64_t t) const {
+    return t < kCached ? tap[t] : axis.tap_factor<real_t>(t, power);
+  }
+};
+
+template <typename real_t>
+struct Factors {
+  int ndim = 0;
+  AxisFactors<real_t> axis[kMaxSpatialDims];
+
+  Factors(const Geometry& g, double power) : ndim(g.ndim) {
+    for (int d = 0; d < ndim; ++d) axis[d] = AxisFactors<real_t>(g.axis[d], power);
+  }
+
+  // The separable N-d factors: products of the per-axis ones.
+  template <typename index_t>
+  STRIDECONV_HD real_t ratio(const index_t* coord) const {
+    real_t f = 1;
+    for (int d = 0; d < ndim; ++d) f *= axis[d].ratio(coord[d]);
+    return f;
+  }
+  template <typename index_t>
+  STRIDECONV_HD real_t tap_factor(const index_t* tap) const {
+    real_t f = 1;
+    for (int d = 0; d < ndim; ++d) f *= axis[d].tap_factor(tap[d]);
+    return f;
   }
 };
 
@@ -153,16 +215,30 @@ struct TapWalk {
 
   // Offsets of logical element e (row-major) in input and output; the kernel
   // tap coordinates land in tap.
-  STRIDECONV_HD void offsets(int64_t e, int64_t& in_off, int64_t& out_off, int64_t* tap) const {
+  template <typename index_t>
+  STRIDECONV_HD void offsets(index_t e, index_t& in_off, index_t& out_off, index_t* tap) const {
     in_off = 0;
     out_off = 0;
     for (int d = ndim - 1; d >= 0; --d) {
-      const int64_t i = e % size[d];
-      e /= size[d];
-      in_off += i * in_stride[d];
-      out_off += i * out_stride[d];
+      const index_t i = e % index_t(size[d]);
+      e /= index_t(size[d]);
+      in_off += i * index_t(in_stride[d]);
+      out_off += i * index_t(out_stride[d]);
       if (d >= 2) tap[d - 2] = i;
     }
+  }
+
+  // Whether every element index and offset of both tensors fits in 32 bits,
+  // with headroom for a grid-stride step past the last element.
+  bool fits_int32() const {
+    const int64_t limit = std::numeric_limits<int32_t>::max() / 2;
+    int64_t numel = 1, in_max = 0, out_max = 0;
+    for (int d = 0; d < ndim; ++d) {
+      numel *= size[d];
+      in_max += (size[d] - 1) * in_stride[d];
+      out_max += (size[d] - 1) * out_stride[d];
+    }
+    return numel <= limit && in_max <= limit && out_max <= limit;
   }
 };
 

@@ -2,7 +2,7 @@
 //
 // The forward is ATen's own convolution, so it is bit-identical to
 // torch.nn.functional.conv2d and runs cuDNN / oneDNN under the user's backend
-// settings. The backward (strideconv/ops.py) is ATen's convolution backward
+// settings. The backward (autograd.cpp) is ATen's convolution backward
 // with a tap-scaled weight, followed by scale_border_ on the input gradient.
 
 #include <Python.h>

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,6 +25,9 @@ CASES = [
     (3, 3, 1, 2, 0, 1, 3, (7, 8)),
     (2, 4, 3, 1, 1, 1, 1, (6, 6)),
     (2, 2, 7, 2, 3, 1, 1, (9, 9)),  # image barely larger than the kernel
+    # Past the 32 positions / taps per side that the kernels keep in tables:
+    (1, 2, 3, 2, 1, (20, 1), 1, (90, 7)),  # border band 40 wide
+    (1, 2, (2, 37), (1, 2), 0, 1, 1, (3, 80)),  # 37 taps on one axis
 ]
 
 
@@ -90,20 +94,27 @@ def test_weight_and_bias_gradients_gradcheck(correction, device):
     assert torch.autograd.gradcheck(fn, (w.requires_grad_(), b.requires_grad_()))
 
 
-def test_first_layer_skips_grad_input(monkeypatch):
-    """An input that needs no grad: convolution_backward is asked for no grad_input."""
+class _RecordConvBackward(TorchDispatchMode):
+    """Records the output masks of every aten.convolution_backward call."""
+
+    def __init__(self):
+        super().__init__()
+        self.masks = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution_backward.default:
+            self.masks.append(list(args[-1]))
+        return func(*args, **(kwargs or {}))
+
+
+def test_first_layer_skips_grad_input():
+    """An input that needs no grad: convolution_backward is asked for no grad_input, and for no
+    grad_bias without a bias."""
     x, w, b, kw = make(CASES[0], "cpu")
-    masks = []
-    real = torch.ops.aten.convolution_backward
-
-    class Spy:
-        def __call__(self, *args):
-            masks.append(list(args[-1]))
-            return real(*args)
-
-    monkeypatch.setattr(torch.ops.aten, "convolution_backward", Spy())
-    conv2d(x, w.requires_grad_(), b, **kw).sum().backward()
-    assert masks == [[False, True, False]]
+    with _RecordConvBackward() as rec:
+        conv2d(x, w.requires_grad_(), b, **kw).sum().backward()
+        conv2d(x, w, None, **kw).sum().backward()
+    assert rec.masks == [[False, True, False], [False, True, False]]
 
 
 def test_kernel_equals_position_in_the_interior(device):

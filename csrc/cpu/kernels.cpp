@@ -16,21 +16,14 @@ namespace {
 template <typename scalar_t>
 void scale_band(at::Tensor& grad, const Geometry& g, double power) {
   using opmath_t = at::opmath_type<scalar_t>;
-  // Per-axis ratio tables: the 2-D factor is their product (separable).
-  std::vector<opmath_t> ratio[kMaxSpatialDims];
-  for (int d = 0; d < g.ndim; ++d) {
-    ratio[d].resize(g.axis[d].length);
-    for (int64_t i = 0; i < g.axis[d].length; ++i)
-      ratio[d][i] = g.axis[d].border_ratio<opmath_t>(i, opmath_t(power));
-  }
+  const Factors<opmath_t> factors(g, power);
   const BandWalk walk(grad, g);
   scalar_t* data = grad.data_ptr<scalar_t>();
   at::parallel_for(0, walk.items(), 2048, [&](int64_t first, int64_t last) {
     int64_t coord[kMaxSpatialDims];
     for (int64_t e = first; e < last; ++e) {
       const int64_t off = walk.offset(e, coord);
-      opmath_t f = 1;
-      for (int d = 0; d < g.ndim; ++d) f *= ratio[d][coord[d]];
+      const opmath_t f = factors.ratio(coord);
       if (f != opmath_t(1)) data[off] = static_cast<scalar_t>(static_cast<opmath_t>(data[off]) * f);
     }
   });

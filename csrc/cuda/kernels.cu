@@ -1,9 +1,9 @@
 // CUDA kernels of scale_border_, scale_border and scale_weight.
 //
 // scale_border_ touches only the border band (a few rows and columns), in
-// place, one thread per element, no atomics. Factors are computed in the
-// kernel from the shared header, so nothing is copied from the host and the
-// launch can be captured in a CUDA graph.
+// place, one thread per element, no atomics. The per-axis factor tables
+// (geometry.h) travel as a kernel argument, so nothing is copied from the host
+// and the launch can be captured in a CUDA graph.
 
 #include <ATen/Dispatch.h>
 #include <ATen/MemoryOverlap.h>
@@ -28,31 +28,30 @@ inline unsigned int blocks_for(int64_t items) {
 }
 
 template <typename scalar_t, typename index_t>
-__global__ void scale_band_kernel(scalar_t* data, const BandWalk walk, const Geometry g,
-                                  const double power, const index_t items) {
+__global__ void scale_band_kernel(scalar_t* data, const BandWalk walk,
+                                  const Factors<at::opmath_type<scalar_t>> factors,
+                                  const index_t items) {
   using opmath_t = at::opmath_type<scalar_t>;
   const index_t step = index_t(blockDim.x) * gridDim.x;
   for (index_t e = index_t(blockIdx.x) * blockDim.x + threadIdx.x; e < items; e += step) {
     index_t coord[kMaxSpatialDims];
     const index_t off = walk.offset(e, coord);
-    opmath_t f = 1;
-    for (int d = 0; d < g.ndim; ++d) f *= g.axis[d].border_ratio<opmath_t>(coord[d], opmath_t(power));
+    const opmath_t f = factors.ratio(coord);
     if (f != opmath_t(1)) data[off] = static_cast<scalar_t>(static_cast<opmath_t>(data[off]) * f);
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 __global__ void scale_taps_kernel(const scalar_t* src, scalar_t* dst, const TapWalk walk,
-                                  const Geometry g, const double power, const int64_t items) {
+                                  const Factors<at::opmath_type<scalar_t>> factors,
+                                  const index_t items) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t step = int64_t(blockDim.x) * gridDim.x;
-  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < items; e += step) {
-    int64_t tap[kMaxSpatialDims];
-    int64_t in_off, out_off;
+  const index_t step = index_t(blockDim.x) * gridDim.x;
+  for (index_t e = index_t(blockIdx.x) * blockDim.x + threadIdx.x; e < items; e += step) {
+    index_t tap[kMaxSpatialDims];
+    index_t in_off, out_off;
     walk.offsets(e, in_off, out_off, tap);
-    opmath_t f = 1;
-    for (int d = 0; d < g.ndim; ++d) f *= g.axis[d].tap_factor<opmath_t>(tap[d], opmath_t(power));
-    dst[out_off] = static_cast<scalar_t>(static_cast<opmath_t>(src[in_off]) * f);
+    dst[out_off] = static_cast<scalar_t>(static_cast<opmath_t>(src[in_off]) * factors.tap_factor(tap));
   }
 }
 
@@ -68,12 +67,13 @@ void scale_border_inplace(
   const c10::cuda::CUDAGuard guard(grad.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "scale_border_cuda", [&] {
+    const Factors<at::opmath_type<scalar_t>> factors(g, power);
     if (walk.fits_int32(grad)) {
       scale_band_kernel<scalar_t, int32_t><<<blocks_for(items), kThreads, 0, stream>>>(
-          grad.data_ptr<scalar_t>(), walk, g, power, static_cast<int32_t>(items));
+          grad.data_ptr<scalar_t>(), walk, factors, static_cast<int32_t>(items));
     } else {
       scale_band_kernel<scalar_t, int64_t><<<blocks_for(items), kThreads, 0, stream>>>(
-          grad.data_ptr<scalar_t>(), walk, g, power, items);
+          grad.data_ptr<scalar_t>(), walk, factors, items);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -93,8 +93,16 @@ void scale_taps(const at::Tensor& weight, at::Tensor& out, const Geometry& g, do
   const TapWalk walk(weight, out);
   const int64_t items = weight.numel();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "scale_taps_cuda", [&] {
-    scale_taps_kernel<scalar_t><<<blocks_for(items), kThreads, 0, stream>>>(
-        weight.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), walk, g, power, items);
+    const Factors<at::opmath_type<scalar_t>> factors(g, power);
+    const scalar_t* src = weight.const_data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    if (walk.fits_int32()) {
+      scale_taps_kernel<scalar_t, int32_t><<<blocks_for(items), kThreads, 0, stream>>>(
+          src, dst, walk, factors, static_cast<int32_t>(items));
+    } else {
+      scale_taps_kernel<scalar_t, int64_t><<<blocks_for(items), kThreads, 0, stream>>>(
+          src, dst, walk, factors, items);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
