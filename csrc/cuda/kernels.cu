@@ -3,7 +3,9 @@
 // scale_border_ touches only the border band (a few rows and columns), in
 // place, one thread per element, no atomics. The per-axis factor tables
 // (geometry.h) travel as a kernel argument, so nothing is copied from the host
-// and the launch can be captured in a CUDA graph.
+// and the launch can be captured in a CUDA graph. The tables are indexed per
+// element, so they are __grid_constant__: read in place from the parameter
+// space, not copied to each thread's local memory.
 
 #include <ATen/Dispatch.h>
 #include <ATen/MemoryOverlap.h>
@@ -28,8 +30,8 @@ inline unsigned int blocks_for(int64_t items) {
 }
 
 template <typename scalar_t, typename index_t>
-__global__ void scale_band_kernel(scalar_t* data, const BandWalk walk,
-                                  const Factors<at::opmath_type<scalar_t>> factors,
+__global__ void scale_band_kernel(scalar_t* data, const __grid_constant__ BandWalk walk,
+                                  const __grid_constant__ Factors<at::opmath_type<scalar_t>> factors,
                                   const index_t items) {
   using opmath_t = at::opmath_type<scalar_t>;
   const index_t step = index_t(blockDim.x) * gridDim.x;
@@ -42,8 +44,9 @@ __global__ void scale_band_kernel(scalar_t* data, const BandWalk walk,
 }
 
 template <typename scalar_t, typename index_t>
-__global__ void scale_taps_kernel(const scalar_t* src, scalar_t* dst, const TapWalk walk,
-                                  const Factors<at::opmath_type<scalar_t>> factors,
+__global__ void scale_taps_kernel(const scalar_t* src, scalar_t* dst,
+                                  const __grid_constant__ TapWalk walk,
+                                  const __grid_constant__ Factors<at::opmath_type<scalar_t>> factors,
                                   const index_t items) {
   using opmath_t = at::opmath_type<scalar_t>;
   const index_t step = index_t(blockDim.x) * gridDim.x;
