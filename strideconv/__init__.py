@@ -17,10 +17,15 @@ except ImportError as exc:  # no silent fallback to plain convolutions
         "(add `-e` for a development install)."
     ) from exc
 
-from . import ops  # noqa: F401,E402  (fake kernels and autograd)
-from . import functional  # noqa: E402
+from . import ops  # noqa: F401,E402  (fake kernels)
+from . import functional, init  # noqa: E402
 from ._factors import CORRECTIONS, Factors, correction_factors, count_map  # noqa: E402
-from .modules import Conv2d  # noqa: E402
+from .convert import convert, revert  # noqa: E402
+from .modules import AvgPool2d, Conv1d, Conv2d, Conv3d  # noqa: E402
+from .report import report  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Conv2d", "functional", "count_map", "correction_factors", "Factors", "CORRECTIONS"]
+__all__ = [
+    "Conv1d", "Conv2d", "Conv3d", "AvgPool2d", "functional", "init", "convert", "revert", "report",
+    "count_map", "correction_factors", "Factors", "CORRECTIONS",
+]

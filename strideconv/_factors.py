@@ -6,6 +6,7 @@ axes. This is the readable reference of the math that csrc/factors.h runs.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Sequence
 
@@ -131,3 +132,43 @@ def correction_factors(
         mean = sum(ci ** (2 * power) for ci in c if ci > 0) / max(length, 1)
         alpha *= k**power / math.sqrt(mean) if mean > 0 else 1.0
     return Factors(_outer(counts), _outer(position), _outer(taps), alpha)
+
+
+def pool_axis_counts(length: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> list[int]:
+    """C(i) of average pooling along one axis: windows ``o*s - p + [0, k)``, with the extra window
+    ``ceil_mode`` adds when it starts inside the input or the left padding (as ATen counts them)."""
+    out = (length + 2 * padding - kernel + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= length + padding:
+        out -= 1
+    counts = [0] * length
+    for o in range(max(out, 0)):
+        for t in range(kernel):
+            i = o * stride - padding + t
+            if 0 <= i < length:
+                counts[i] += 1
+    return counts
+
+
+@functools.lru_cache(maxsize=64)  # bounded; keys are small tuples, values H x W tensors
+def _pool_factor_map(size, kernel, stride, padding, ceil_mode, correction, power, device, dtype):
+    per_axis = []
+    for length, k, s, p in zip(size, kernel, stride, padding):
+        c = pool_axis_counts(length, k, s, p, ceil_mode)
+        if correction == "position":
+            f = [(k / ci) ** power if ci > 0 else 0.0 for ci in c]
+        elif correction == "kernel":  # dilation 1: every tap reaching i has the class of (i + p) mod s
+            n = axis_class_counts(k, s, 1)
+            f = [(k / n[(i + p) % s]) ** power if ci > 0 else 0.0 for i, ci in enumerate(c)]
+        else:  # "map": this axis' share of alpha
+            mean = sum(ci ** (2 * power) for ci in c if ci > 0) / max(length, 1)
+            f = [k**power / math.sqrt(mean) if mean > 0 else 1.0] * length
+        per_axis.append(torch.tensor(f, dtype=torch.float64))
+    return _outer(per_axis).to(device=device, dtype=dtype)
+
+
+def pool_factor_map(size, kernel, stride, padding, ceil_mode, correction, power, device, dtype):
+    """The factor map that turns the true input gradient of ``avg_pool2d`` into the corrected one."""
+    return _pool_factor_map(
+        tuple(size), tuple(kernel), tuple(stride), tuple(padding), bool(ceil_mode), correction,
+        float(power), torch.device(device), dtype,
+    )

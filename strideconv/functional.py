@@ -1,4 +1,4 @@
-"""Functional interface: ``strideconv.functional.conv2d``, a drop-in for ``F.conv2d``."""
+"""Functional interface: drop-ins for ``F.conv1d``, ``F.conv2d``, ``F.conv3d`` and ``F.avg_pool2d``."""
 
 from __future__ import annotations
 
@@ -6,17 +6,17 @@ from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
-from torch.nn.modules.utils import _pair
+from torch.nn.modules.utils import _ntuple, _pair
 
-from ._factors import check_correction
+from ._factors import check_correction, pool_factor_map
 
-__all__ = ["conv2d"]
+__all__ = ["conv1d", "conv2d", "conv3d", "avg_pool2d"]
 
-_IntOr2 = Union[int, tuple[int, int]]
+_conv_op = torch.ops.strideconv.conv.default
 
 
 def _same_padding(weight: torch.Tensor, dilation, stride, nd: int):
-    """Per-dimension (left, right) padding that F.conv2d's padding='same' uses."""
+    """Per-dimension (left, right) padding that ATen's padding='same' uses."""
     if any(s != 1 for s in stride):
         raise RuntimeError("padding='same' is not supported for strided convolutions")
     pads = []
@@ -45,43 +45,105 @@ def _conv(input, weight, bias, stride, padding, dilation, groups, correction, po
                 input = F.pad(input, pad_arg)
         else:
             raise ValueError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
-    return torch.ops.strideconv.conv(
+    return _conv_op(
         input, weight, bias, list(stride), list(padding), list(dilation), groups, correction, float(power)
     )
 
 
-def conv2d(
-    input: torch.Tensor,
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor] = None,
-    stride: _IntOr2 = 1,
-    padding: Union[_IntOr2, str] = 0,
-    dilation: _IntOr2 = 1,
-    groups: int = 1,
-    *,
-    correction: str = "position",
-    power: float = 0.5,
-) -> torch.Tensor:
-    """``torch.nn.functional.conv2d`` with a corrected input gradient.
+def _check_dim(input: torch.Tensor, nd: int) -> None:
+    if input.dim() not in (nd + 1, nd + 2):
+        raise RuntimeError(
+            f"Expected {nd + 1}D (unbatched) or {nd + 2}D (batched) input to conv{nd}d, but got "
+            f"input of size: {list(input.shape)}"
+        )
 
-    The output is bit-identical to ``F.conv2d``. In the backward pass, ``grad_weight`` and
+
+def _conv_nd(input, weight, bias, stride, padding, dilation, groups, correction, power, nd):
+    """Public N-d entry: checks the rank, expands int arguments, accepts unbatched input."""
+    _check_dim(input, nd)
+    expand = _ntuple(nd)
+    stride, dilation = expand(stride), expand(dilation)
+    if not isinstance(padding, str):
+        padding = expand(padding)
+    if input.dim() == nd + 1:
+        out = _conv(input.unsqueeze(0), weight, bias, stride, padding, dilation, groups, correction, power, nd)
+        return out.squeeze(0)
+    return _conv(input, weight, bias, stride, padding, dilation, groups, correction, power, nd)
+
+
+_DOC = """``torch.nn.functional.conv{nd}d`` with a corrected input gradient.
+
+    The output is bit-identical to ``F.conv{nd}d``. In the backward pass, ``grad_weight`` and
     ``grad_bias`` are the true gradients and ``grad_input`` is corrected for the uneven number of
-    kernel windows that touch each input pixel (see ``correction_factors``):
+    kernel windows that touch each input position (see ``correction_factors``):
 
     * ``"position"`` (default): true gradient times ``(K / C(i)) ** power`` at every position;
     * ``"kernel"``: each tap scaled by ``(K / n) ** power``, ``n`` its class count (interior only);
     * ``"map"``: true gradient times one scalar ``alpha``;
     * ``"none"``: the true gradient.
     """
-    if input.dim() not in (3, 4):
-        raise RuntimeError(
-            "Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
-            f"{list(input.shape)}"
+
+_Int = Union[int, tuple[int, ...]]
+
+
+def conv1d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+           stride: _Int = 1, padding: Union[_Int, str] = 0, dilation: _Int = 1, groups: int = 1,
+           *, correction: str = "position", power: float = 0.5) -> torch.Tensor:
+    return _conv_nd(input, weight, bias, stride, padding, dilation, groups, correction, power, 1)
+
+
+def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+           stride: _Int = 1, padding: Union[_Int, str] = 0, dilation: _Int = 1, groups: int = 1,
+           *, correction: str = "position", power: float = 0.5) -> torch.Tensor:
+    return _conv_nd(input, weight, bias, stride, padding, dilation, groups, correction, power, 2)
+
+
+def conv3d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+           stride: _Int = 1, padding: Union[_Int, str] = 0, dilation: _Int = 1, groups: int = 1,
+           *, correction: str = "position", power: float = 0.5) -> torch.Tensor:
+    return _conv_nd(input, weight, bias, stride, padding, dilation, groups, correction, power, 3)
+
+
+for _nd, _fn in ((1, conv1d), (2, conv2d), (3, conv3d)):
+    _fn.__doc__ = _DOC.format(nd=_nd)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the backward multiplies the gradient by a fixed factor map."""
+
+    @staticmethod
+    def forward(input, factor):
+        return input.view_as(input)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (factor,) = ctx.saved_tensors
+        return grad * factor, None
+
+
+def avg_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: Optional[int] = None,
+               *, correction: str = "position", power: float = 0.5) -> torch.Tensor:
+    """``torch.nn.functional.avg_pool2d`` with a corrected input gradient.
+
+    Average pooling is a convolution with a constant kernel, so its backward has the same count
+    map (with ``ceil_mode``'s extra windows included). The output is ``F.avg_pool2d``'s; the input
+    gradient is the true one times the factor map of ``correction`` (with dilation 1, "kernel" is
+    a factor map too: ``(K / n((i + p) mod s)) ** power`` where a window touches ``i``).
+    """
+    check_correction(correction, power)
+    kernel = _pair(kernel_size)
+    stride_ = kernel if (stride is None or (not isinstance(stride, int) and len(stride) == 0)) else _pair(stride)
+    pad = _pair(padding)
+    valid = min(kernel) > 0 and min(stride_) > 0 and min(pad) >= 0  # else F.avg_pool2d raises
+    if valid and correction != "none" and input.requires_grad and torch.is_grad_enabled() and input.dim() in (3, 4):
+        factor = pool_factor_map(
+            tuple(input.shape[-2:]), kernel, stride_, pad, ceil_mode, correction, float(power),
+            input.device, input.dtype,
         )
-    stride, dilation = _pair(stride), _pair(dilation)
-    if not isinstance(padding, str):
-        padding = _pair(padding)
-    if input.dim() == 3:
-        out = _conv(input.unsqueeze(0), weight, bias, stride, padding, dilation, groups, correction, power, 2)
-        return out.squeeze(0)
-    return _conv(input, weight, bias, stride, padding, dilation, groups, correction, power, 2)
+        input = _ScaleGrad.apply(input, factor)
+    return F.avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)

@@ -1,4 +1,4 @@
-"""``strideconv.Conv2d``: ``torch.nn.Conv2d`` with a corrected input gradient."""
+"""Modules: drop-ins for ``torch.nn.Conv1d/2d/3d`` and ``torch.nn.AvgPool2d``."""
 
 from __future__ import annotations
 
@@ -7,22 +7,32 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.utils import _pair
 
 from ._factors import check_correction
-from .functional import _conv
+from .functional import _check_dim, _conv, avg_pool2d
 
-__all__ = ["Conv2d"]
+__all__ = ["Conv1d", "Conv2d", "Conv3d", "AvgPool2d"]
 
 
-class Conv2d(nn.Conv2d):
-    """Drop-in for ``torch.nn.Conv2d`` whose backward corrects ``grad_input``.
+class _Corrected:
+    """The two settings every strideconv module adds to its torch.nn base."""
 
-    Same arguments, defaults, parameters, initial weights, ``state_dict`` and forward output as
-    ``torch.nn.Conv2d``; two keyword-only settings choose the correction of the input gradient
-    (see ``strideconv.functional.conv2d``). Padding modes other than ``"zeros"`` pad first, so
-    the count map is that of the padded tensor.
-    """
+    correction: str
+    power: float
+
+    def _set_correction(self, correction: str, power: float) -> None:
+        check_correction(correction, power)
+        self.correction = correction
+        self.power = float(power)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, correction={self.correction!r}, power={self.power}"
+
+
+class _ConvNd(_Corrected):
+    """``_conv_forward`` of ``torch.nn.Conv{1,2,3}d`` through the compiled op."""
+
+    _nd: int
 
     def __init__(
         self,
@@ -41,33 +51,78 @@ class Conv2d(nn.Conv2d):
         correction: str = "position",
         power: float = 0.5,
     ) -> None:
-        check_correction(correction, power)
+        check_correction(correction, power)  # before any parameter is drawn
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
             padding_mode, device, dtype,
         )
-        self.correction = correction
-        self.power = float(power)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, correction={self.correction!r}, power={self.power}"
+        self._set_correction(correction, power)
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
-        if input.dim() not in (3, 4):
-            raise RuntimeError(
-                "Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
-                f"{list(input.shape)}"
-            )
-        unbatched = input.dim() == 3
+        nd = self._nd
+        _check_dim(input, nd)
+        unbatched = input.dim() == nd + 1
         if unbatched:
             input = input.unsqueeze(0)
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            padding = _pair(0)
+            padding = (0,) * nd
         else:
             padding = self.padding
         out = _conv(
             input, weight, bias, self.stride, padding, self.dilation, self.groups,
-            self.correction, self.power, 2,
+            self.correction, self.power, nd,
         )
         return out.squeeze(0) if unbatched else out
+
+
+_CONV_DOC = """Drop-in for ``torch.nn.Conv{nd}d`` whose backward corrects ``grad_input``.
+
+    Same arguments, defaults, parameters, initial weights, ``state_dict`` and forward output as
+    ``torch.nn.Conv{nd}d``; two keyword-only settings choose the correction of the input gradient
+    (see ``strideconv.functional.conv{nd}d``). Padding modes other than ``"zeros"`` pad first, so
+    the count map is that of the padded tensor.
+    """
+
+
+class Conv1d(_ConvNd, nn.Conv1d):
+    __doc__ = _CONV_DOC.format(nd=1)
+    _nd = 1
+
+
+class Conv2d(_ConvNd, nn.Conv2d):
+    __doc__ = _CONV_DOC.format(nd=2)
+    _nd = 2
+
+
+class Conv3d(_ConvNd, nn.Conv3d):
+    __doc__ = _CONV_DOC.format(nd=3)
+    _nd = 3
+
+
+class AvgPool2d(_Corrected, nn.AvgPool2d):
+    """Drop-in for ``torch.nn.AvgPool2d`` whose backward corrects ``grad_input``.
+
+    Same arguments and output as ``torch.nn.AvgPool2d``; see ``strideconv.functional.avg_pool2d``.
+    """
+
+    def __init__(
+        self,
+        kernel_size,
+        stride=None,
+        padding=0,
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
+        divisor_override: Optional[int] = None,
+        *,
+        correction: str = "position",
+        power: float = 0.5,
+    ) -> None:
+        super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+        self._set_correction(correction, power)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return avg_pool2d(
+            input, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
+            self.divisor_override, correction=self.correction, power=self.power,
+        )

@@ -35,14 +35,15 @@ def interior_counts(size, kernel, stride, padding, dilation):
 
 
 def expected_grad_input(correction, power, x, w, grad_out, stride, padding, dilation, groups):
-    """grad_input of SPEC section 3, from the true gradient of F.conv2d and the count map."""
+    """grad_input of SPEC section 3, from the true gradient of F.conv{1,2,3}d and the count map."""
     x = x.detach().double().requires_grad_()
     w = w.detach().double()
     grad_out = grad_out.double()
     kernel = tuple(w.shape[2:])
     if correction == "kernel":
         w = w * tap_factors(kernel, stride, dilation, power)
-    y = F.conv2d(x, w, None, stride, padding, dilation, groups)
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[x.dim() - 2]
+    y = conv(x, w, None, stride, padding, dilation, groups)
     (true,) = torch.autograd.grad(y, x, grad_out)
     if correction in ("none", "kernel"):
         return true

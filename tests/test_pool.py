@@ -1,0 +1,94 @@
+"""strideconv.AvgPool2d: the output of torch.nn.AvgPool2d, the input gradient corrected."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import strideconv
+from strideconv.functional import avg_pool2d
+from reference import interior_counts
+
+CONFIGS = [
+    dict(kernel_size=3, stride=2, padding=1),
+    dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+    dict(kernel_size=3, stride=2, padding=1, count_include_pad=False),
+    dict(kernel_size=(2, 3), stride=(2, 1), padding=(1, 0), divisor_override=5),
+    dict(kernel_size=2),
+    dict(kernel_size=3, stride=3, ceil_mode=True),
+    dict(kernel_size=2, stride=3),  # stride > kernel: positions no window reads
+]
+
+
+def true_counts(size, cfg):
+    """C(i): the input gradient of a sum-pooling (divisor 1) of ones under ones, ceil windows too."""
+    x = torch.ones((1, 1) + size, dtype=torch.float64, requires_grad=True)
+    args = {k: v for k, v in cfg.items() if k not in ("count_include_pad", "divisor_override")}
+    y = F.avg_pool2d(x, **args, divisor_override=1)
+    (c,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    return c[0, 0].round()
+
+
+def expected(correction, power, true_grad, size, cfg):
+    k = cfg["kernel_size"]
+    k = (k, k) if isinstance(k, int) else k
+    s = cfg.get("stride", k)
+    s = (s, s) if isinstance(s, int) else s
+    p = cfg.get("padding", 0)
+    p = (p, p) if isinstance(p, int) else p
+    C = true_counts(size, cfg)
+    K = float(k[0] * k[1])
+    if correction == "none":
+        return true_grad
+    if correction == "position":
+        return true_grad * torch.where(C > 0, (K / C.clamp(min=1)) ** power, torch.zeros_like(C))
+    if correction == "kernel":
+        n = interior_counts(size, k, s, p, (1, 1))
+        return true_grad * torch.where(C > 0, (K / n.clamp(min=1)) ** power, torch.zeros_like(C))
+    return true_grad * (K**power / (C ** (2 * power)).mean().sqrt())
+
+
+@pytest.mark.parametrize("power", [0.5, 1.0])
+@pytest.mark.parametrize("correction", strideconv.CORRECTIONS)
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_forward_identical_and_gradient_matches_reference(cfg, correction, power, device):
+    size = (11, 10)
+    x = torch.randn((2, 3) + size, dtype=torch.float64, device=device, requires_grad=True)
+    y = avg_pool2d(x, **cfg, correction=correction, power=power)
+    y0 = F.avg_pool2d(x, **cfg)
+    assert torch.equal(y, y0)
+    g = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, g)
+    (true,) = torch.autograd.grad(y0, x, g)
+    torch.testing.assert_close(gx.cpu(), expected(correction, power, true.cpu(), size, cfg), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[:3])
+def test_module_is_a_drop_in(cfg):
+    plain, ours = nn.AvgPool2d(**cfg), strideconv.AvgPool2d(**cfg, correction="map")
+    assert isinstance(ours, nn.AvgPool2d)
+    assert repr(ours) == repr(plain)[:-1] + ", correction='map', power=0.5)"
+    x = torch.randn(2, 3, 9, 8)
+    assert torch.equal(ours(x), plain(x))
+    assert torch.equal(ours(x[0]), plain(x[0]))  # unbatched
+
+
+@pytest.mark.parametrize("correction", strideconv.CORRECTIONS)
+def test_double_backward(correction):
+    """The corrected backward g -> factor * pool^T(g) is differentiable (w.r.t. g). The function
+    is linear: with a nonlinearity after the pool, finite differences of the backward would see
+    the true forward Jacobian where autograd uses the corrected one, by design."""
+    x = torch.randn(1, 2, 7, 6, dtype=torch.float64, requires_grad=True)
+    fn = lambda x: avg_pool2d(x, 3, 2, 1, ceil_mode=True, correction=correction)  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+def test_bad_arguments_same_error_as_torch():
+    x = torch.randn(1, 1, 6, 6, requires_grad=True)
+    for kwargs in (dict(kernel_size=2, stride=0), dict(kernel_size=2, padding=2), dict(kernel_size=0)):
+        errors = []
+        for fn in (F.avg_pool2d, avg_pool2d):
+            with pytest.raises(RuntimeError) as info:
+                fn(x, **kwargs)
+            errors.append(str(info.value))
+        assert errors[0] == errors[1]
