@@ -21,6 +21,11 @@ at::Tensor conv_forward(
     c10::string_view correction, double power) {
   parse_correction(correction);
   check_power(power);
+  // ATen runs complex convolutions as real ones only from at::conv2d & co., not from
+  // at::convolution, and the correction factors are real: not supported.
+  TORCH_CHECK_VALUE(
+      !input.is_complex() && !weight.is_complex(),
+      "strideconv: complex convolutions are not supported; use torch.nn.functional.conv2d");
   // at::conv2d checks the bias before at::convolution does; keep its message.
   TORCH_CHECK(
       !bias.has_value() || !bias->defined() || input.dtype() == bias->dtype(),

@@ -21,12 +21,9 @@ def check_correction(correction: str, power: float) -> None:
         raise ValueError(
             f"correction must be one of {', '.join(repr(c) for c in CORRECTIONS)}, got {correction!r}"
         )
-    if (
-        isinstance(power, bool)
-        or not isinstance(power, (int, float))
-        or not math.isfinite(power)
-        or power <= 0
-    ):
+    # Comparisons rather than math.isfinite, so that a symbolic float (torch.compile with
+    # dynamic shapes) can be checked too; NaN fails both comparisons.
+    if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0 < power < math.inf:
         raise ValueError(f"power must be a positive finite number, got {power!r}")
 
 
