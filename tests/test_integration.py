@@ -177,6 +177,7 @@ def _ddp_worker(rank, world, port, path):
         opt.step()
     if rank == 0:
         torch.save(model.state_dict(), path + ".ddp")
+    dist.barrier()  # neither rank tears gloo down while the other still uses it
     dist.destroy_process_group()
 
 
