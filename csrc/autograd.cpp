@@ -113,8 +113,9 @@ class ConvFunction : public torch::autograd::Function<ConvFunction> {
     Saved{stride.vec(), padding.vec(), dilation.vec(), power}.save(ctx);
     ctx->saved_data["groups"] = groups;
     ctx->saved_data["correction"] = std::string(correction);
-    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-    if (bias.has_value() && bias->defined()) {
+    const bool has_bias = bias.has_value() && bias->defined();
+    ctx->saved_data["has_bias"] = has_bias;
+    if (has_bias) {
       ctx->saved_data["bias_size"] = bias->sym_size(0);
     }
     return output;

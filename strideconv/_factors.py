@@ -44,6 +44,11 @@ def axis_counts(length: int, kernel: int, stride: int, padding: int, dilation: i
             f"kernel={kernel}, stride={stride}, padding={padding}, dilation={dilation}, length={length}"
         )
     out_length = (length + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    return _window_counts(length, out_length, kernel, stride, padding, dilation)
+
+
+def _window_counts(length, out_length, kernel, stride, padding, dilation) -> list[int]:
+    """How many (window o < out_length, tap t) pairs land on each of ``length`` positions."""
     counts = [0] * length
     for o in range(max(out_length, 0)):
         for t in range(kernel):
@@ -51,6 +56,12 @@ def axis_counts(length: int, kernel: int, stride: int, padding: int, dilation: i
             if 0 <= i < length:
                 counts[i] += 1
     return counts
+
+
+def axis_alpha(counts: Sequence[int], kernel: int, power: float) -> float:
+    """One axis' share of alpha: ``k^g / sqrt(mean_i C(i)^(2g))`` (1 if no window touches it)."""
+    mean = sum(c ** (2 * power) for c in counts if c > 0) / max(len(counts), 1)
+    return kernel**power / math.sqrt(mean) if mean > 0 else 1.0
 
 
 def axis_class_counts(kernel: int, stride: int, dilation: int) -> list[int]:
@@ -126,8 +137,7 @@ def correction_factors(
         counts.append(torch.tensor(c, dtype=torch.int64))
         position.append(torch.tensor([(k / ci) ** power if ci > 0 else 0.0 for ci in c], dtype=torch.float64))
         taps.append(torch.tensor([(k / n[(t * q) % s]) ** power for t in range(k)], dtype=torch.float64))
-        mean = sum(ci ** (2 * power) for ci in c if ci > 0) / max(length, 1)
-        alpha *= k**power / math.sqrt(mean) if mean > 0 else 1.0
+        alpha *= axis_alpha(c, k, power)
     return Factors(_outer(counts), _outer(position), _outer(taps), alpha)
 
 
@@ -137,13 +147,7 @@ def pool_axis_counts(length: int, kernel: int, stride: int, padding: int, ceil_m
     out = (length + 2 * padding - kernel + (stride - 1 if ceil_mode else 0)) // stride + 1
     if ceil_mode and (out - 1) * stride >= length + padding:
         out -= 1
-    counts = [0] * length
-    for o in range(max(out, 0)):
-        for t in range(kernel):
-            i = o * stride - padding + t
-            if 0 <= i < length:
-                counts[i] += 1
-    return counts
+    return _window_counts(length, out, kernel, stride, padding, 1)
 
 
 @functools.lru_cache(maxsize=64)  # bounded; keys are small tuples, values H x W tensors
@@ -157,8 +161,7 @@ def _pool_factor_map(size, kernel, stride, padding, ceil_mode, correction, power
             n = axis_class_counts(k, s, 1)
             f = [(k / n[(i + p) % s]) ** power if ci > 0 else 0.0 for i, ci in enumerate(c)]
         else:  # "map": this axis' share of alpha
-            mean = sum(ci ** (2 * power) for ci in c if ci > 0) / max(length, 1)
-            f = [k**power / math.sqrt(mean) if mean > 0 else 1.0] * length
+            f = [axis_alpha(c, k, power)] * length
         per_axis.append(torch.tensor(f, dtype=torch.float64))
     return _outer(per_axis).to(device=device, dtype=dtype)
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._factors import check_correction
-from .functional import _check_dim, _conv, avg_pool2d
+from .functional import _conv_nd, avg_pool2d
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "AvgPool2d"]
 
@@ -21,7 +21,7 @@ class _Corrected:
     power: float
 
     def _set_correction(self, correction: str, power: float) -> None:
-        check_correction(correction, power)
+        """Store the settings; the constructors check them before building the base module."""
         self.correction = correction
         self.power = float(power)
 
@@ -59,21 +59,14 @@ class _ConvNd(_Corrected):
         self._set_correction(correction, power)
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
-        nd = self._nd
-        _check_dim(input, nd)
-        unbatched = input.dim() == nd + 1
-        if unbatched:
-            input = input.unsqueeze(0)
-        if self.padding_mode != "zeros":
+        padding = self.padding
+        if self.padding_mode != "zeros":  # as torch.nn.ConvNd: pad first, then convolve unpadded
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            padding = (0,) * nd
-        else:
-            padding = self.padding
-        out = _conv(
+            padding = 0
+        return _conv_nd(
             input, weight, bias, self.stride, padding, self.dilation, self.groups,
-            self.correction, self.power, nd,
+            self.correction, self.power, self._nd,
         )
-        return out.squeeze(0) if unbatched else out
 
 
 _CONV_DOC = """Drop-in for ``torch.nn.Conv{nd}d`` whose backward corrects ``grad_input``.
@@ -118,6 +111,7 @@ class AvgPool2d(_Corrected, nn.AvgPool2d):
         correction: str = "position",
         power: float = 0.5,
     ) -> None:
+        check_correction(correction, power)
         super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
         self._set_correction(correction, power)
 

@@ -18,8 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ._factors import axis_class_counts, axis_counts, pool_axis_counts
-from .modules import AvgPool2d
+from ._factors import axis_alpha, axis_class_counts, axis_counts, pool_axis_counts
 
 __all__ = ["Layer", "Report", "report"]
 
@@ -111,11 +110,8 @@ def report(model: nn.Module, example_input, min_stride: int = 2) -> Report:
         for L, k, s, p, q in zip(sizes[name], kernel, stride, padding, dilation):
             c = pool_axis_counts(L, k, s, p, ceil_mode) if isinstance(module, _POOLS) else axis_counts(L, k, s, p, q)
             mean_count *= sum(c) / max(L, 1)
-            m = sum(ci ** (2 * power) for ci in c if ci > 0) / max(L, 1)
-            alpha *= k**power / math.sqrt(m) if m > 0 else 1.0
+            alpha *= axis_alpha(c, k, power)
         correction = getattr(module, "correction", "none (plain torch.nn)")
-        if isinstance(module, _POOLS) and not isinstance(module, AvgPool2d):
-            correction = "none (plain torch.nn)"
         rows.append(Layer(name, type(module).__name__, sizes[name], kernel, stride, padding,
                           _cell(kernel, stride, padding, dilation), mean_count / K, alpha, correction))
     return rows
