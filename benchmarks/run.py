@@ -269,6 +269,33 @@ def peak_memory(train, names, device):
 
 # ----- report ---------------------------------------------------------------------------------
 
+def describe(device: str, script: str, argv) -> dict:
+    """Date, machine, torch, device and the command line (less --out) of a benchmark run."""
+    args = list(argv if argv is not None else sys.argv[1:])
+    if "--out" in args:
+        del args[args.index("--out"):args.index("--out") + 2]
+    args = [a for a in args if not a.startswith("--out=")]
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "CPU"
+    return dict(date=datetime.date.today().isoformat(),
+                machine=f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+                torch=torch.__version__, device=f"{device}: {name}", command=" ".join(["python", script] + args))
+
+
+def training_section(out_dir: str) -> list:
+    """The accuracy table of benchmarks/train.py when its train.json is in the same directory."""
+    path = os.path.join(out_dir, "train.json")
+    lines = ["", "## Training", ""]
+    if not os.path.exists(path):
+        return lines + ["Not run here: `python benchmarks/train.py` with the same `--out` trains plain and corrected "
+                        "networks (MNIST-1D, scikit-learn digits, a deep plain CNN) and writes train.md."]
+    from train import summary  # benchmarks/train.py
+
+    with open(path) as f:
+        data = json.load(f)
+    return lines + [f"From [train.md](train.md) (`{data['meta']['command']}`): final test accuracy (%), "
+                    f"mean ± std over {len(data['results'][0]['final_acc'])} seeds.", ""] + summary(data["results"])
+
+
 def fmt(v, digits=2):
     return "-" if v is None else f"{v:.{digits}f}"
 
@@ -318,16 +345,11 @@ def main(argv=None):
         parser.error("--device cuda, but torch sees no CUDA device")
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(0)
-    device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor() or "CPU"
-    meta = dict(
-        date=datetime.date.today().isoformat(), machine=f"{platform.node()} ({os.cpu_count()} CPUs)",
-        torch=torch.__version__, device=f"{args.device}: {device_name}",
-        command="python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-    )
+    meta = describe(args.device, "benchmarks/run.py", argv)
     var_rows, draws = variance_table(args.device, args.quick) if "variance" not in args.skip else ([], 0)
     pics = pictures(args.out, args.device, args.quick) if "pictures" not in args.skip else []
     speed_rows, speed_meta = speed_suite(args.device, args.quick) if "speed" not in args.skip else ([], dict(batch=0, rounds=0, reps=0))
-    text = report(meta, var_rows, draws, speed_rows, speed_meta, pics)
+    text = report(meta, var_rows, draws, speed_rows, speed_meta, pics) + "\n".join(training_section(args.out)) + "\n"
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write(text)
     with open(os.path.join(args.out, "results.json"), "w") as f:
