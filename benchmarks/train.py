@@ -207,15 +207,21 @@ class Side(nn.Module):
         return torch.einsum("bgf,gfo->bgo", h, self.head_w) + self.head_b
 
 
-def side_input(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """(G, B, C, *spatial) -> (B, G * C, *spatial)."""
+def side_input(x: torch.Tensor) -> torch.Tensor:
+    """(G, B, C, *spatial), a minibatch per run -> (B, G * C, *spatial)."""
     g, b = x.shape[:2]
     return x.transpose(0, 1).reshape(b, g * x.shape[2], *x.shape[3:])
 
 
-def side_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Sum over runs of each run's mean cross-entropy; logits (B, G, 10), y (B, G)."""
-    return F.cross_entropy(logits.permute(0, 2, 1), y, reduction="none").mean(0).sum()
+def shared_input(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """The same minibatch (B, C, *spatial) for every run."""
+    return side_input(x.unsqueeze(0).expand(groups, *x.shape))
+
+
+def run_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each run's mean cross-entropy (G,); logits (B, G, 10), y (B, G). Their sum is the training
+    loss: run g's parameters get exactly the gradient of run g's loss."""
+    return F.cross_entropy(logits.permute(0, 2, 1), y, reduction="none").mean(0)
 
 
 def per_run_rms(t: torch.Tensor, groups: int) -> List[float]:
@@ -228,8 +234,8 @@ def input_grad_rms(model: Side, x: torch.Tensor, y: torch.Tensor) -> List[List[f
     The gradient is the one each layer passes back: the corrected one for strideconv layers."""
     model.inputs = []
     try:
-        x = side_input(x.unsqueeze(0).expand(model.groups, *x.shape), model.groups).requires_grad_(True)
-        loss = side_loss(model(x), y.unsqueeze(1).expand(-1, model.groups))
+        x = shared_input(x, model.groups).requires_grad_(True)
+        loss = run_losses(model(x), y.unsqueeze(1).expand(-1, model.groups)).sum()
         grads = torch.autograd.grad(loss, model.inputs)
     finally:
         model.inputs = None
@@ -239,10 +245,10 @@ def input_grad_rms(model: Side, x: torch.Tensor, y: torch.Tensor) -> List[List[f
 def evaluate(model: Side, x: torch.Tensor, y: torch.Tensor) -> Tuple[List[float], List[float]]:
     """Per-run test accuracy and test loss."""
     with torch.no_grad():
-        logits = model(side_input(x.unsqueeze(0).expand(model.groups, *x.shape), model.groups))
+        logits = model(shared_input(x, model.groups))
         yy = y.unsqueeze(1).expand(-1, model.groups)
         acc = (logits.argmax(-1) == yy).float().mean(0)
-        loss = F.cross_entropy(logits.permute(0, 2, 1), yy, reduction="none").mean(0)
+        loss = run_losses(logits, yy)
     return acc.tolist(), loss.tolist()
 
 
@@ -276,8 +282,8 @@ def train(setting: Setting, correction, power, runs: List[Tuple[str, int]], data
     running = torch.zeros(g, device=device)
     for step in range(1, setting.steps + 1):
         idx = order[:, step - 1]  # (G, B)
-        logits = model(side_input(x[idx], g))
-        per_run = F.cross_entropy(logits.permute(0, 2, 1), y[idx].t(), reduction="none").mean(0)
+        logits = model(side_input(x[idx]))
+        per_run = run_losses(logits, y[idx].t())
         opt.zero_grad(set_to_none=True)
         per_run.sum().backward()
         opt.step()

@@ -36,8 +36,8 @@ def test_side_by_side_equals_separate_networks(name, correction, power):
     x = torch.randn(len(runs), 6, 1, *size, generator=gen, dtype=torch.float64)  # a minibatch per run
     y = torch.randint(0, 10, (len(runs), 6), generator=gen)
 
-    logits = side(T.side_input(x, len(runs)))
-    F.cross_entropy(logits.permute(0, 2, 1), y.t(), reduction="none").mean(0).sum().backward()
+    logits = side(T.side_input(x))
+    T.run_losses(logits, y.t()).sum().backward()
     convs = list(side.convs)
     for g, net in enumerate(separate):
         out = net(x[g])
