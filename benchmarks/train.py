@@ -122,29 +122,36 @@ def load_data(name: str):
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
         x, y = x[order], y[order]
         n = int(0.8 * len(y))
-        mean, std = x[:n].mean(), x[:n].std()
-        x = (x - mean) / std
-        return x[:n], y[:n], x[n:], y[n:]
+        x = (x - x[:n].mean()) / x[:n].std()
+        return split(x, y)
     raise ValueError(f"unknown data set {name!r}")
 
 
-def validation_split(data):
-    """The last fifth of the training set as a test set (for --tune: the real test set stays unseen)."""
-    x, y, _, _ = data
+def split(x: torch.Tensor, y: torch.Tensor):
+    """The first four fifths to train on, the last fifth to test on."""
     n = int(0.8 * len(y))
     return x[:n], y[:n], x[n:], y[n:]
 
 
+def validation_split(data):
+    """The training set split again (for --tune: the real test set stays unseen)."""
+    return split(*data[:2])
+
+
 # ----- networks ---------------------------------------------------------------------------------
 
-def conv_class(dim: int, correction: Optional[str]):
+def make_convs(setting: Setting, correction: Optional[str], power: float, groups: int = 1) -> List[nn.Module]:
+    """The setting's convolutions, torch.nn's (correction None) or strideconv's, each `groups` wide."""
     if correction is None:
-        return (nn.Conv1d, nn.Conv2d)[dim - 1]
-    return (strideconv.Conv1d, strideconv.Conv2d)[dim - 1]
+        conv, extra = (nn.Conv1d, nn.Conv2d)[setting.dim - 1], {}
+    else:
+        conv, extra = (strideconv.Conv1d, strideconv.Conv2d)[setting.dim - 1], dict(correction=correction, power=power)
+    return [conv(groups * cin, groups * cout, k, stride=s, padding=p, groups=groups, **extra)
+            for cin, cout, k, s, p in setting.layers]
 
 
-def conv_kwargs(correction: Optional[str], power: float) -> dict:
-    return {} if correction is None else dict(correction=correction, power=power)
+def conv_layers(net: nn.Module) -> List[nn.Module]:
+    return [m for m in net.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))]
 
 
 def head_features(setting: Setting) -> int:
@@ -156,19 +163,17 @@ def head_features(setting: Setting) -> int:
 
 def single_network(setting: Setting, correction: Optional[str] = None, power: float = 0.5) -> nn.Sequential:
     """The network as a user writes it: convolutions and ReLUs, then a linear head."""
-    conv = conv_class(setting.dim, correction)
     mods: List[nn.Module] = []
-    for cin, cout, k, s, p in setting.layers:
-        mods += [conv(cin, cout, k, stride=s, padding=p, **conv_kwargs(correction, power)), nn.ReLU()]
+    for conv in make_convs(setting, correction, power):
+        mods += [conv, nn.ReLU()]
     return nn.Sequential(*mods, nn.Flatten(), nn.Linear(head_features(setting), 10))
 
 
 def initialise(net: nn.Sequential, init: str) -> nn.Sequential:
     if init == "kaiming":  # torchvision's ResNet init, PyTorch's fan_out
-        for m in net.modules():
-            if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+        for m in conv_layers(net):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
     elif init == "kaiming-stride":
         strideconv.init.init_convs_(net)  # the same, with the effective fan_out of each conv
     elif init != "default":
@@ -181,13 +186,9 @@ class Side(nn.Module):
 
     def __init__(self, setting: Setting, correction: Optional[str], power: float, nets: List[nn.Sequential]):
         super().__init__()
-        g = self.groups = len(nets)
-        conv = conv_class(setting.dim, correction)
-        self.convs = nn.ModuleList(
-            conv(g * cin, g * cout, k, stride=s, padding=p, groups=g, **conv_kwargs(correction, power))
-            for cin, cout, k, s, p in setting.layers
-        )
-        singles = [[m for m in net if isinstance(m, (nn.Conv1d, nn.Conv2d))] for net in nets]
+        self.groups = len(nets)
+        self.convs = nn.ModuleList(make_convs(setting, correction, power, self.groups))
+        singles = [conv_layers(net) for net in nets]
         heads = [net[-1] for net in nets]
         with torch.no_grad():
             for i, c in enumerate(self.convs):
@@ -213,9 +214,9 @@ def side_input(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(0, 1).reshape(b, g * x.shape[2], *x.shape[3:])
 
 
-def shared_input(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """The same minibatch (B, C, *spatial) for every run."""
-    return side_input(x.unsqueeze(0).expand(groups, *x.shape))
+def shared_batch(x: torch.Tensor, y: torch.Tensor, groups: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The same minibatch x (B, C, *spatial), y (B,) for every run: (B, G * C, *spatial), (B, G)."""
+    return side_input(x.unsqueeze(0).expand(groups, *x.shape)), y.unsqueeze(1).expand(-1, groups)
 
 
 def run_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -234,8 +235,8 @@ def input_grad_rms(model: Side, x: torch.Tensor, y: torch.Tensor) -> List[List[f
     The gradient is the one each layer passes back: the corrected one for strideconv layers."""
     model.inputs = []
     try:
-        x = shared_input(x, model.groups).requires_grad_(True)
-        loss = run_losses(model(x), y.unsqueeze(1).expand(-1, model.groups)).sum()
+        x, y = shared_batch(x, y, model.groups)
+        loss = run_losses(model(x.requires_grad_(True)), y).sum()
         grads = torch.autograd.grad(loss, model.inputs)
     finally:
         model.inputs = None
@@ -245,10 +246,10 @@ def input_grad_rms(model: Side, x: torch.Tensor, y: torch.Tensor) -> List[List[f
 def evaluate(model: Side, x: torch.Tensor, y: torch.Tensor) -> Tuple[List[float], List[float]]:
     """Per-run test accuracy and test loss."""
     with torch.no_grad():
-        logits = model(shared_input(x, model.groups))
-        yy = y.unsqueeze(1).expand(-1, model.groups)
-        acc = (logits.argmax(-1) == yy).float().mean(0)
-        loss = run_losses(logits, yy)
+        x, y = shared_batch(x, y, model.groups)
+        logits = model(x)
+        acc = (logits.argmax(-1) == y).float().mean(0)
+        loss = run_losses(logits, y)
     return acc.tolist(), loss.tolist()
 
 
@@ -312,7 +313,7 @@ def _job(args):
 
 
 def run_jobs(jobs, device, workers):
-    """Yield each job's result as it finishes: a process pool on CPU, in order on CUDA."""
+    """Yield the jobs' results in order: from a process pool on CPU, one after another on CUDA."""
     if device != "cpu" or workers <= 1:
         for job in jobs:
             yield _job(job + (device, torch.get_num_threads()))
@@ -352,6 +353,11 @@ def collect(raw, settings, inits):
     return table
 
 
+def as_rows(table) -> List[dict]:
+    """The table as train.json stores it: one dict per (setting, variant, init)."""
+    return [dict(setting=k[0], variant=k[1], init=k[2], **v) for k, v in table.items()]
+
+
 def relative_profile(rows: List[List[float]]) -> List[float]:
     """Per layer: mean over runs of RMS(dx_l) / RMS(dx_L), the last conv's input gradient.
 
@@ -381,7 +387,7 @@ def report(meta, settings, inits, table, seeds, plots) -> str:
         "weights and the minibatch order, the same for every variant; `Δ` is the mean paired difference "
         "to `plain` (same seed, same init) ± its standard deviation. Hyperparameters are fixed per "
         "setting and shared by all variants.", "",
-    ] + summary([dict(setting=k[0], variant=k[1], init=k[2], **v) for k, v in table.items()])
+    ] + summary(as_rows(table))
     for s in settings:
         lines += ["", f"## {s.name}", "", f"{s.note}. Layers (in, out, kernel, stride, padding): "
                   f"{', '.join(str(l) for l in s.layers)}; {s.steps} steps, batch {s.batch}.", ""]
@@ -498,7 +504,7 @@ def main(argv=None):
     meta = dict(describe(args.device, "benchmarks/train.py", argv), wall_s=time.perf_counter() - t0)
     with open(os.path.join(args.out, "train.json"), "w") as f:
         json.dump(dict(meta=meta, settings=[asdict(s) for s in settings], variants=VARIANTS, inits=inits,
-                       results=[dict(setting=k[0], variant=k[1], init=k[2], **v) for k, v in table.items()]),
+                       results=as_rows(table)),
                   f, indent=1)
     write_report(args.out, meta, settings, inits, table, len(seeds))
 
@@ -517,7 +523,8 @@ def rerender(path: str) -> None:
     with open(path) as f:
         data = json.load(f)
     settings = [Setting(**dict(d, layers=tuple(tuple(l) for l in d["layers"]))) for d in data["settings"]]
-    table = {(r["setting"], r["variant"], r["init"]): r for r in data["results"]}
+    keys = ("setting", "variant", "init")
+    table = {tuple(r[k] for k in keys): {k: v for k, v in r.items() if k not in keys} for r in data["results"]}
     write_report(os.path.dirname(os.path.abspath(path)), data["meta"], settings, data["inits"], table,
                  len(data["results"][0]["final_acc"]))
 

@@ -43,7 +43,7 @@ def test_side_by_side_equals_separate_networks(name, correction, power):
         out = net(x[g])
         torch.testing.assert_close(logits[:, g], out)
         F.cross_entropy(out, y[g]).backward()
-        for i, conv in enumerate(m for m in net if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d))):
+        for i, conv in enumerate(T.conv_layers(net)):
             rows = slice(g * conv.out_channels, (g + 1) * conv.out_channels)
             torch.testing.assert_close(convs[i].weight.grad[rows], conv.weight.grad)
             torch.testing.assert_close(convs[i].bias.grad[rows], conv.bias.grad)
@@ -87,6 +87,11 @@ def test_train_quick_run(tmp_path):
     for name in names:
         assert f"## {name}" in text
         assert (tmp_path / f"train_{name}.png").stat().st_size > 10_000
+    (tmp_path / "train.md").unlink()
+    again = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train.py"), "--from-json",
+                            str(tmp_path / "train.json")], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "train.md").read_text() == text
 
     # Kaiming's intent, checked on the 8-layer net at initialisation: with PyTorch's fan_out the
     # first layer gets a small fraction of the last one's gradient; with the stride-aware fan_out,
