@@ -12,6 +12,9 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <optional>
+#include <vector>
+
 #include "ops.h"
 
 namespace strideconv {
@@ -21,19 +24,6 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 // ----- typed handles of the registered operators -------------------------------------------
-
-at::Tensor call_conv(
-    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-    c10::string_view correction, double power) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("strideconv::conv", "")
-          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                            at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t,
-                            c10::string_view, double)>();
-  return op.call(input, weight, bias, stride, padding, dilation, groups, correction, power);
-}
 
 at::Tensor call_scale_weight(
     const at::Tensor& weight, c10::SymIntArrayRef input_size, at::IntArrayRef stride,
@@ -70,20 +60,39 @@ void call_scale_border_(
 
 // ----- saved arguments ------------------------------------------------------------------------
 
-// The non-tensor arguments every backward here needs.
+// The int[] arguments of a call and its power, kept as one integer list and one
+// double: every saved_data entry is a string-keyed hash map insert, and a
+// backward runs once per training step, so two entries beat eight.
+// Layout: [nd, stride (nd), padding (nd), dilation (nd), extra...].
 struct Saved {
-  std::vector<int64_t> stride, padding, dilation;
-  double power;
+  std::vector<int64_t> values;
+  double power = 1.0;
+
+  Saved(at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, double g,
+        at::IntArrayRef extra)
+      : power(g) {
+    values.reserve(1 + 3 * stride.size() + extra.size());
+    values.push_back(static_cast<int64_t>(stride.size()));
+    for (const at::IntArrayRef list : {stride, padding, dilation, extra}) {
+      values.insert(values.end(), list.begin(), list.end());
+    }
+  }
+  explicit Saved(AutogradContext* ctx)
+      : values(ctx->saved_data["args"].toIntVector()), power(ctx->saved_data["power"].toDouble()) {}
 
   void save(AutogradContext* ctx) const {
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["padding"] = padding;
-    ctx->saved_data["dilation"] = dilation;
+    ctx->saved_data["args"] = values;
     ctx->saved_data["power"] = power;
   }
-  static Saved load(AutogradContext* ctx) {
-    return {ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
-            ctx->saved_data["dilation"].toIntVector(), ctx->saved_data["power"].toDouble()};
+
+  at::IntArrayRef stride() const { return list(0); }
+  at::IntArrayRef padding() const { return list(1); }
+  at::IntArrayRef dilation() const { return list(2); }
+  at::IntArrayRef extra() const { return at::IntArrayRef(values).slice(1 + 3 * values[0]); }
+
+ private:
+  at::IntArrayRef list(int64_t which) const {
+    return at::IntArrayRef(values).slice(1 + which * values[0], values[0]);
   }
 };
 
@@ -98,6 +107,15 @@ bool taps_trivial(at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntAr
   return true;
 }
 
+const char* correction_name(Correction c) {
+  switch (c) {
+    case Correction::None: return "none";
+    case Correction::Map: return "map";
+    case Correction::Kernel: return "kernel";
+    default: return "position";
+  }
+}
+
 // ----- autograd functions ---------------------------------------------------------------------
 
 class ConvFunction : public torch::autograd::Function<ConvFunction> {
@@ -110,14 +128,9 @@ class ConvFunction : public torch::autograd::Function<ConvFunction> {
     at::Tensor output =
         call_conv(input, weight, bias, stride, padding, dilation, groups, correction, power);
     ctx->save_for_backward({input, weight});
-    Saved{stride.vec(), padding.vec(), dilation.vec(), power}.save(ctx);
-    ctx->saved_data["groups"] = groups;
-    ctx->saved_data["correction"] = std::string(correction);
     const bool has_bias = bias.has_value() && bias->defined();
-    ctx->saved_data["has_bias"] = has_bias;
-    if (has_bias) {
-      ctx->saved_data["bias_size"] = bias->sym_size(0);
-    }
+    const int64_t extra[] = {groups, static_cast<int64_t>(parse_correction(correction)), has_bias};
+    Saved(stride, padding, dilation, power, extra).save(ctx);
     return output;
   }
 
@@ -125,43 +138,47 @@ class ConvFunction : public torch::autograd::Function<ConvFunction> {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& input = saved[0];
     const at::Tensor& weight = saved[1];
-    const Saved s = Saved::load(ctx);
-    const int64_t groups = ctx->saved_data["groups"].toInt();
-    const std::string& name = ctx->saved_data["correction"].toStringRef();
-    const Correction correction = parse_correction(name);
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const Saved s(ctx);
+    const int64_t groups = s.extra()[0];
+    const auto correction = static_cast<Correction>(s.extra()[1]);
+    const bool has_bias = s.extra()[2] != 0;
 
     const bool need_input = ctx->needs_input_grad(0);
     const bool need_weight = ctx->needs_input_grad(1);
     const bool need_bias = has_bias && ctx->needs_input_grad(2);
     const bool corrected = need_input && correction != Correction::None;
     const auto kernel_size = weight.sizes().slice(2);
+    // Without create_graph nothing here needs a graph: call the kernels below
+    // the Autograd key (no autograd node, no fallback bookkeeping per call).
+    const bool differentiable = at::GradMode::is_enabled();
 
     at::Tensor w = weight;
     if (corrected &&
-        (correction == Correction::Map || !taps_trivial(kernel_size, s.stride, s.dilation))) {
-      w = call_scale_weight(weight, input.sym_sizes().slice(2), s.stride, s.padding, s.dilation,
-                            name, s.power);
+        (correction == Correction::Map || !taps_trivial(kernel_size, s.stride(), s.dilation()))) {
+      std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+      if (!differentiable) below_autograd.emplace();
+      w = call_scale_weight(weight, input.sym_sizes().slice(2), s.stride(), s.padding(),
+                            s.dilation(), correction_name(correction), s.power);
     }
+    // The bias has one entry per output channel.
+    const c10::SymInt bias_size = weight.sym_size(0);
     std::optional<c10::SymIntArrayRef> bias_sizes;
-    c10::SymInt bias_size;
-    if (has_bias) {
-      bias_size = ctx->saved_data["bias_size"].toSymInt();
-      bias_sizes = c10::SymIntArrayRef(&bias_size, 1);
-    }
-    const std::vector<c10::SymInt> output_padding(s.stride.size(), 0);
+    if (has_bias) bias_sizes = c10::SymIntArrayRef(&bias_size, 1);
+    const std::vector<c10::SymInt> output_padding(s.stride().size(), 0);
     auto [grad_input, grad_weight, grad_bias] = at::convolution_backward_symint(
-        grads[0], input, w, bias_sizes, c10::fromIntArrayRefSlow(s.stride),
-        c10::fromIntArrayRefSlow(s.padding), c10::fromIntArrayRefSlow(s.dilation),
+        grads[0], input, w, bias_sizes, c10::fromIntArrayRefSlow(s.stride()),
+        c10::fromIntArrayRefSlow(s.padding()), c10::fromIntArrayRefSlow(s.dilation()),
         /*transposed=*/false, output_padding, c10::SymInt(groups),
         {need_input, need_weight, need_bias});
 
     if (corrected && correction == Correction::Position) {
-      if (at::GradMode::is_enabled()) {  // create_graph=True: keep it differentiable
-        grad_input =
-            call_scale_border(grad_input, kernel_size, s.stride, s.padding, s.dilation, s.power);
+      if (differentiable) {  // create_graph=True: keep it differentiable
+        grad_input = call_scale_border(grad_input, kernel_size, s.stride(), s.padding(),
+                                       s.dilation(), s.power);
       } else {  // grad_input is a fresh tensor: scale its border band in place
-        call_scale_border_(grad_input, kernel_size, s.stride, s.padding, s.dilation, s.power);
+        at::AutoDispatchBelowADInplaceOrView below_autograd;
+        call_scale_border_(grad_input, kernel_size, s.stride(), s.padding(), s.dilation(),
+                           s.power);
       }
     }
     return {grad_input, grad_weight, grad_bias, at::Tensor(), at::Tensor(),
@@ -176,17 +193,20 @@ class ScaleWeightFunction : public torch::autograd::Function<ScaleWeightFunction
       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
       c10::string_view correction, double power) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    Saved{stride.vec(), padding.vec(), dilation.vec(), power}.save(ctx);
+    at::Tensor out =
+        call_scale_weight(weight, input_size, stride, padding, dilation, correction, power);
+    const int64_t extra[] = {static_cast<int64_t>(parse_correction(correction))};
+    Saved(stride, padding, dilation, power, extra).save(ctx);
     ctx->saved_data["input_size"] = input_size;
-    ctx->saved_data["correction"] = std::string(correction);
-    return call_scale_weight(weight, input_size, stride, padding, dilation, correction, power);
+    return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const Saved s = Saved::load(ctx);
+    const Saved s(ctx);
     const auto input_size = ctx->saved_data["input_size"].toSymIntVector();
-    return {call_scale_weight(grads[0], input_size, s.stride, s.padding, s.dilation,
-                              ctx->saved_data["correction"].toStringRef(), s.power),
+    const auto correction = static_cast<Correction>(s.extra()[0]);
+    return {call_scale_weight(grads[0], input_size, s.stride(), s.padding(), s.dilation(),
+                              correction_name(correction), s.power),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -197,15 +217,14 @@ class ScaleBorderFunction : public torch::autograd::Function<ScaleBorderFunction
       AutogradContext* ctx, const at::Tensor& grad, at::IntArrayRef kernel_size,
       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, double power) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    Saved{stride.vec(), padding.vec(), dilation.vec(), power}.save(ctx);
-    ctx->saved_data["kernel_size"] = kernel_size.vec();
-    return call_scale_border(grad, kernel_size, stride, padding, dilation, power);
+    at::Tensor out = call_scale_border(grad, kernel_size, stride, padding, dilation, power);
+    Saved(stride, padding, dilation, power, kernel_size).save(ctx);
+    return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const Saved s = Saved::load(ctx);
-    const auto kernel_size = ctx->saved_data["kernel_size"].toIntVector();
-    return {call_scale_border(grads[0], kernel_size, s.stride, s.padding, s.dilation, s.power),
+    const Saved s(ctx);
+    return {call_scale_border(grads[0], s.extra(), s.stride(), s.padding(), s.dilation(), s.power),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };

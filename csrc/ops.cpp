@@ -5,8 +5,6 @@
 // settings. The backward (autograd.cpp) is ATen's convolution backward
 // with a tap-scaled weight, followed by scale_border_ on the input gradient.
 
-#include <Python.h>
-
 #include <ATen/autocast_mode.h>
 #include <torch/library.h>
 
@@ -45,11 +43,8 @@ at::Tensor conv_autocast(
     c10::string_view correction, double power) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(
       at::autocast::get_autocast_dispatch_key_from_device_type(device_type));
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("strideconv::conv", "")
-                             .typed<decltype(conv_forward)>();
   const auto dtype = at::autocast::get_lower_precision_fp_from_device_type(device_type);
-  return op.call(
+  return call_conv(
       at::autocast::cached_cast(dtype, input, device_type),
       at::autocast::cached_cast(dtype, weight, device_type),
       at::autocast::cached_cast(dtype, bias, device_type),
@@ -57,6 +52,16 @@ at::Tensor conv_autocast(
 }
 
 }  // namespace
+
+at::Tensor call_conv(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    c10::string_view correction, double power) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("strideconv::conv", "")
+                             .typed<decltype(conv_forward)>();
+  return op.call(input, weight, bias, stride, padding, dilation, groups, correction, power);
+}
 
 TORCH_LIBRARY(strideconv, m) {
   // Forward convolution; correction and power only shape its backward.
@@ -96,9 +101,3 @@ TORCH_LIBRARY_IMPL(strideconv, AutocastCUDA, m) {
 }
 
 }  // namespace strideconv
-
-// A plain module: importing strideconv._C runs the registrations above.
-extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module);
-}

@@ -11,6 +11,13 @@ namespace strideconv {
 
 enum class Correction { None, Map, Kernel, Position };
 
+// strideconv::conv through the dispatcher (typed, unboxed): the call every
+// entry point makes, so autograd, autocast and tracing see the registered op.
+at::Tensor call_conv(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    c10::string_view correction, double power);
+
 // Argument checks and the host half of the operators. Compiled once, in
 // checks.cpp, by the C++ compiler: the CUDA translation unit only calls them.
 

@@ -12,7 +12,11 @@ from ._factors import check_correction, pool_factor_map
 
 __all__ = ["conv1d", "conv2d", "conv3d", "avg_pool2d"]
 
+from . import _C
+
 _conv_op = torch.ops.strideconv.conv.default
+_has_torch_function = torch.overrides.has_torch_function_variadic
+_is_compiling = torch.compiler.is_compiling
 
 
 def _same_padding(weight: torch.Tensor, dilation, stride, nd: int):
@@ -26,49 +30,58 @@ def _same_padding(weight: torch.Tensor, dilation, stride, nd: int):
     return pads
 
 
-def _conv(input, weight, bias, stride, padding, dilation, groups, correction, power, nd):
-    """N-d convolution through the compiled op, with string paddings resolved as ATen does."""
+def _string_padding(input, weight, padding: str, stride, dilation, nd: int):
+    """(input, padding) for ``padding='valid'`` or ``'same'``, resolved as ATen does."""
+    if padding == "valid":
+        return input, (0,) * nd
+    if padding != "same":
+        raise ValueError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
+    pads = _same_padding(weight, dilation, stride, nd)
+    extra = [right - left for left, right in pads]
+    if any(extra):
+        # Asymmetric: pad the far side by the odd one, as ATen does; the count
+        # map is then that of the padded tensor.
+        pad_arg = []
+        for e in reversed(extra):
+            pad_arg += [0, e]
+        input = F.pad(input, pad_arg)
+    return input, tuple(left for left, _ in pads)
+
+
+def _expand(value, nd: int):
+    """An int argument repeated per spatial dim, as torch.nn.modules.utils._ntuple does."""
+    if type(value) is tuple:  # the common case first: modules store tuples
+        return value
+    if type(value) is int:
+        return (value,) * nd
+    return _ntuple(nd)(value)
+
+
+def _conv_nd(input, weight, bias, stride, padding, dilation, groups, correction, power, nd):
+    """Public N-d entry: checks the rank, expands int arguments, accepts unbatched input.
+
+    Kept lean on purpose: on a GPU, a small convolution's time is mostly this host code.
+    """
     check_correction(correction, power)
-    if isinstance(padding, str):
-        if padding == "valid":
-            padding = (0,) * nd
-        elif padding == "same":
-            pads = _same_padding(weight, dilation, stride, nd)
-            padding = tuple(left for left, _ in pads)
-            extra = [right - left for left, right in pads]
-            if any(extra):
-                # Asymmetric: pad the far side by the odd one, as ATen does; the count
-                # map is then that of the padded tensor.
-                pad_arg = []
-                for e in reversed(extra):
-                    pad_arg += [0, e]
-                input = F.pad(input, pad_arg)
-        else:
-            raise ValueError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
-    return _conv_op(
-        input, weight, bias, list(stride), list(padding), list(dilation), groups, correction, float(power)
-    )
-
-
-def _check_dim(input: torch.Tensor, nd: int) -> None:
-    if input.dim() not in (nd + 1, nd + 2):
+    dim = input.dim()
+    if dim != nd + 2 and dim != nd + 1:
         raise RuntimeError(
             f"Expected {nd + 1}D (unbatched) or {nd + 2}D (batched) input to conv{nd}d, but got "
             f"input of size: {list(input.shape)}"
         )
-
-
-def _conv_nd(input, weight, bias, stride, padding, dilation, groups, correction, power, nd):
-    """Public N-d entry: checks the rank, expands int arguments, accepts unbatched input."""
-    _check_dim(input, nd)
-    expand = _ntuple(nd)
-    stride, dilation = expand(stride), expand(dilation)
-    if not isinstance(padding, str):
-        padding = expand(padding)
-    if input.dim() == nd + 1:
-        out = _conv(input.unsqueeze(0), weight, bias, stride, padding, dilation, groups, correction, power, nd)
-        return out.squeeze(0)
-    return _conv(input, weight, bias, stride, padding, dilation, groups, correction, power, nd)
+    stride, dilation = _expand(stride, nd), _expand(dilation, nd)
+    if isinstance(padding, str):
+        input, padding = _string_padding(input, weight, padding, stride, dilation, nd)
+    else:
+        padding = _expand(padding, nd)
+    batched = dim == nd + 2
+    if not batched:
+        input = input.unsqueeze(0)
+    # torch.ops while torch.compile traces (dynamo sees the op) or a __torch_function__
+    # override is in play; otherwise the unboxed binding of the same operator.
+    call = _conv_op if _is_compiling() or _has_torch_function(input, weight, bias) else _C.conv
+    out = call(input, weight, bias, stride, padding, dilation, groups, correction, float(power))
+    return out if batched else out.squeeze(0)
 
 
 _DOC = """``torch.nn.functional.conv{nd}d`` with a corrected input gradient.

@@ -71,6 +71,35 @@ def test_channels_last_and_non_contiguous(correction, device):
     torch.testing.assert_close(grads["sliced"], grads["contiguous"], rtol=1e-12, atol=1e-12)
 
 
+def _layouts(t):
+    """The same values in different memory layouts, each with its own strides."""
+    nd = t.dim() - 2
+    yield "contiguous", t.clone()
+    fmt = {2: torch.channels_last, 3: torch.channels_last_3d}.get(nd)
+    if fmt is not None:
+        yield "channels_last", t.clone(memory_format=fmt)
+    # batch and channel dims swapped in memory; one channel (stride 1 but not "inner")
+    yield "channel-major", t.transpose(0, 1).contiguous().transpose(0, 1)
+    yield "one channel", t[:, :1].contiguous()
+    wide = torch.zeros(t.shape[:-1] + (2 * t.shape[-1],), dtype=t.dtype, device=t.device)
+    yield "sliced", wide[..., ::2].copy_(t)
+
+
+@pytest.mark.parametrize(
+    "size, k, s, p",
+    [((12, 14), (3, 3), (2, 2), (1, 1)), ((9,), (4,), (3,), (2,)), ((7, 8, 9), (3, 2, 3), (2, 2, 3), (1, 0, 1))],
+)
+def test_scale_border_inplace_any_layout(size, k, s, p, device):
+    """The in-place border pass equals the out-of-place one (whose ratios test_factors checks
+    against the definition) whatever the strides of the gradient."""
+    g = torch.randn((3, 5) + size, dtype=torch.float64, device=device)
+    geom = (list(k), list(s), list(p), [1] * len(size), 0.5)
+    for name, t in _layouts(g):
+        expected = torch.ops.strideconv.scale_border(t.contiguous(), *geom)
+        torch.ops.strideconv.scale_border_(t, *geom)
+        torch.testing.assert_close(t, expected, rtol=0, atol=0, msg=name)
+
+
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-3)])
 @pytest.mark.parametrize("correction", ["map", "kernel", "position"])
 def test_low_precision_against_float64(dtype, tol, correction, device):
@@ -103,3 +132,48 @@ def test_import_without_extension_says_how_to_build():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode != 0
     assert "pip install --no-build-isolation" in proc.stderr
+
+
+# ----- the eager binding and torch.ops: one operator, two entry points ------------------------
+
+@pytest.mark.parametrize("correction", ["none", "map", "kernel", "position"])
+def test_eager_binding_equals_torch_ops(correction, device):
+    """strideconv._C.conv (the eager entry of functional.conv2d) is the registered op itself."""
+    args = ([2, 2], [1, 1], [1, 1], 1, correction, 0.5)
+    results = []
+    for call in (strideconv._C.conv, torch.ops.strideconv.conv.default):
+        torch.manual_seed(0)
+        x = torch.randn(2, 3, 9, 9, device=device, requires_grad=True)
+        w = torch.randn(4, 3, 3, 3, device=device, requires_grad=True)
+        b = torch.randn(4, device=device, requires_grad=True)
+        y = call(x, w, b, *args)
+        assert "ConvFunction" in y.grad_fn.name()  # the C++ autograd node of the op
+        y.backward(torch.ones_like(y))
+        results.append((y, x.grad, w.grad, b.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_torch_function_modes_and_subclasses_see_the_op():
+    """Under a __torch_function__ mode or with a tensor subclass, functional.conv2d goes
+    through torch.ops, so the override sees strideconv.conv, as it sees F.conv2d."""
+    from torch.overrides import TorchFunctionMode
+
+    seen = []
+
+    class Record(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    x, w = torch.randn(1, 2, 7, 7), torch.randn(3, 2, 3, 3)
+    with Record():
+        conv2d(x, w, stride=2)
+    assert torch.ops.strideconv.conv.default in seen
+
+    class Tagged(torch.Tensor):
+        pass
+
+    y = conv2d(x.as_subclass(Tagged), w, stride=2)
+    assert type(y) is type(torch.nn.functional.conv2d(x.as_subclass(Tagged), w, stride=2)) is Tagged
+    assert torch.equal(y.as_subclass(torch.Tensor), conv2d(x, w, stride=2))

@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "../ops.h"
@@ -13,20 +14,61 @@
 namespace strideconv {
 namespace {
 
+// The band positions whose factor is not 1, as (offset within one (batch,
+// channel) slice, factor) pairs: a few rows and columns, so the per-element
+// loops below do one load, one multiply and one store, with no index decoding.
+template <typename opmath_t>
+void band_entries(const at::Tensor& grad, const Geometry& g, double power,
+                  std::vector<int64_t>& offsets, std::vector<opmath_t>& factors) {
+  const Band band(g);
+  const Factors<opmath_t> table(g, power);
+  int64_t coord[kMaxSpatialDims];
+  for (int64_t b = 0; b < band.count; ++b) {
+    band.position(b, coord);
+    const opmath_t f = table.ratio(coord);
+    if (f == opmath_t(1)) continue;
+    int64_t off = 0;
+    for (int d = 0; d < g.ndim; ++d) off += coord[d] * grad.stride(2 + d);
+    offsets.push_back(off);
+    factors.push_back(f);
+  }
+}
+
 template <typename scalar_t>
 void scale_band(at::Tensor& grad, const Geometry& g, double power) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const Factors<opmath_t> factors(g, power);
-  const BandWalk walk(grad, g);
+  std::vector<int64_t> offsets;
+  std::vector<opmath_t> factors;
+  band_entries(grad, g, power, offsets, factors);
+  const int64_t entries = static_cast<int64_t>(offsets.size());
+  if (entries == 0) return;
+  const int64_t batch = grad.size(0), channels = grad.size(1);
+  const int64_t batch_stride = grad.stride(0), channel_stride = grad.stride(1);
   scalar_t* data = grad.data_ptr<scalar_t>();
-  at::parallel_for(0, walk.items(), 2048, [&](int64_t first, int64_t last) {
-    int64_t coord[kMaxSpatialDims];
-    for (int64_t e = first; e < last; ++e) {
-      const int64_t off = walk.offset(e, coord);
-      const opmath_t f = factors.ratio(coord);
-      if (f != opmath_t(1)) data[off] = static_cast<scalar_t>(static_cast<opmath_t>(data[off]) * f);
-    }
-  });
+  const auto scale = [&](int64_t off, opmath_t f) {
+    data[off] = static_cast<scalar_t>(static_cast<opmath_t>(data[off]) * f);
+  };
+  constexpr int64_t kWork = 16384;  // elements per task
+  if (channel_stride == 1 && channels > 1) {
+    // channels_last: the channels of one position are adjacent in memory.
+    const int64_t grain = std::max<int64_t>(1, kWork / channels);
+    at::parallel_for(0, batch * entries, grain, [&](int64_t first, int64_t last) {
+      for (int64_t item = first; item < last; ++item) {
+        const int64_t base = (item / entries) * batch_stride + offsets[item % entries];
+        const opmath_t f = factors[item % entries];
+        for (int64_t c = 0; c < channels; ++c) scale(base + c, f);
+      }
+    });
+  } else {
+    // One (batch, channel) slice after another, each visiting its band.
+    const int64_t grain = std::max<int64_t>(1, kWork / entries);
+    at::parallel_for(0, batch * channels, grain, [&](int64_t first, int64_t last) {
+      for (int64_t slice = first; slice < last; ++slice) {
+        const int64_t base = (slice / channels) * batch_stride + (slice % channels) * channel_stride;
+        for (int64_t k = 0; k < entries; ++k) scale(base + offsets[k], factors[k]);
+      }
+    });
+  }
 }
 
 void scale_border_inplace(
