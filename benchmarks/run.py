@@ -10,6 +10,8 @@ Writes report.md, results.json and PNG pictures into --out (default benchmarks/o
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import datetime
 import json
 import os
@@ -201,8 +203,27 @@ def make_variants(x, w, b, s, p, need_input, factor_map):
     return {k: train_step(f) for k, f in fwds.items()}, {k: fwd_only(f) for k, f in fwds.items()}
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed buffers (up to 32 MiB) instead of returning them to the OS.
+
+    Otherwise, after some rounds, every large allocation is a fresh mapping that page-faults
+    again; which rounds depends on glibc's adaptive threshold, so CPU timings of the same code
+    jump by 20-30% from round to round. It applies to every variant alike.
+    """
+    name = ctypes.util.find_library("c")
+    if not name or platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_threshold = -1, -3  # from malloc.h
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 def speed_suite(device, quick):
     cuda = device.startswith("cuda")
+    kept = False if cuda else keep_freed_memory()
     batch = (8 if quick else 32) if cuda else (1 if quick else 2)
     rounds, reps = (3, 2) if quick else ((15, 10) if cuda else (7, 2))
     modes = [("float32", False, torch.contiguous_format)]
@@ -251,7 +272,7 @@ def speed_suite(device, quick):
                     fwd_ratio=med[("fwd", n)] / med[("fwd", "F.conv2d")],
                     peak_mem_ratio=memory.get(n),
                 ))
-    return rows, dict(batch=batch, rounds=rounds, reps=reps)
+    return rows, dict(batch=batch, rounds=rounds, reps=reps, malloc_kept=kept)
 
 
 def peak_memory(train, names, device):
@@ -323,7 +344,9 @@ def report(meta, var_rows, draws, speed_rows, speed_meta, pics):
         "time). fwd+bwd computes every gradient that is needed (no input gradient for a first "
         "layer). `hook` = F.conv2d plus a tensor hook multiplying the input gradient by the "
         "precomputed position factor map. Peak memory: CUDA allocator peak during fwd+bwd, relative "
-        "to F.conv2d (not measured on CPU).", "",
+        "to F.conv2d (not measured on CPU)."
+        + (" On CPU, glibc was asked (mallopt) to keep freed buffers, so that no round pays for "
+           "fresh page faults that others do not." if speed_meta.get("malloc_kept") else ""), "",
         "| shape | dtype | layout | input grad | variant | fwd+bwd ms | fwd+bwd ratio | fwd ratio | peak mem ratio |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

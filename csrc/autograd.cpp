@@ -229,10 +229,27 @@ class ScaleBorderFunction : public torch::autograd::Function<ScaleBorderFunction
   }
 };
 
+// Whether a call must record a graph node: as ATen's own ops decide, so that
+// inference (no_grad, or nothing requiring grad) pays for no node and nothing
+// saved. A forward-mode tangent still goes through the Function, which
+// refuses it loudly (no jvp is defined) rather than dropping it.
+bool records_graph(const at::Tensor& input, const at::Tensor& weight,
+                   const std::optional<at::Tensor>& bias) {
+  const bool grad_mode = at::GradMode::is_enabled();
+  const auto tracked = [&](const at::Tensor& t) {
+    return t.defined() && ((grad_mode && t.requires_grad()) || t._fw_grad(/*level=*/0).defined());
+  };
+  return tracked(input) || tracked(weight) || (bias.has_value() && tracked(*bias));
+}
+
 at::Tensor conv_autograd(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     c10::string_view correction, double power) {
+  if (!records_graph(input, weight, bias)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_conv(input, weight, bias, stride, padding, dilation, groups, correction, power);
+  }
   return ConvFunction::apply(input, weight, bias, stride, padding, dilation, groups, correction,
                              power);
 }

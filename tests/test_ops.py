@@ -177,3 +177,24 @@ def test_torch_function_modes_and_subclasses_see_the_op():
     y = conv2d(x.as_subclass(Tagged), w, stride=2)
     assert type(y) is type(torch.nn.functional.conv2d(x.as_subclass(Tagged), w, stride=2)) is Tagged
     assert torch.equal(y.as_subclass(torch.Tensor), conv2d(x, w, stride=2))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script:DeprecationWarning")  # torch's forward_ad import
+def test_no_graph_without_grad_and_forward_ad_refused():
+    """Inference records no node (as ATen's ops); a forward-mode tangent is refused loudly,
+    never dropped (no jvp is defined for the corrected op)."""
+    import torch.autograd.forward_ad as fwAD
+
+    x = torch.randn(1, 2, 7, 7, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, requires_grad=True)
+    with torch.no_grad():
+        y = conv2d(x, w, stride=2)
+    assert y.grad_fn is None and not y.requires_grad
+    y = conv2d(x.detach(), w.detach(), stride=2)
+    assert y.grad_fn is None and not y.requires_grad
+    assert conv2d(x, w, stride=2).grad_fn is not None
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x.detach(), torch.ones_like(x))
+        for mode in (torch.enable_grad, torch.no_grad):
+            with mode(), pytest.raises(RuntimeError, match="jvp is not implemented"):
+                conv2d(dual, w.detach(), stride=2)
