@@ -225,7 +225,7 @@ def speed_suite(device, quick):
     cuda = device.startswith("cuda")
     kept = False if cuda else keep_freed_memory()
     batch = (8 if quick else 32) if cuda else (1 if quick else 2)
-    rounds, reps = (3, 2) if quick else ((15, 10) if cuda else (7, 2))
+    rounds, reps = (3, 2) if quick else ((15, 10) if cuda else (15, 3))
     modes = [("float32", False, torch.contiguous_format)]
     if cuda:
         modes += [("bf16 autocast", True, torch.contiguous_format), ("float32", False, torch.channels_last),
@@ -275,6 +275,32 @@ def speed_suite(device, quick):
     return rows, dict(batch=batch, rounds=rounds, reps=reps, malloc_kept=kept)
 
 
+def overhead_table(device, quick):
+    """Per-call cost where the arithmetic is negligible (a 1x1x5x5 input, 3x3 kernel, stride 2):
+    what the Python wrapper, the operator call, the autograd node and the extra kernels cost,
+    in microseconds, next to F.conv2d. On a GPU, this is what small, launch-bound layers pay."""
+    rounds, reps = (3, 20) if quick else (15, 200)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 1, 5, 5, generator=gen).to(device).requires_grad_()
+    w = torch.randn(1, 1, 3, 3, generator=gen).to(device).requires_grad_()
+    b = torch.zeros(1, device=device, requires_grad=True)
+    factor_map = strideconv.correction_factors((5, 5), 3, 2, 1).position.to(device, torch.float32)
+    train, fwd = make_variants(x, w, b, 2, 1, True, factor_map)
+    timer = Timer(device)
+    for fn in list(train.values()) + list(fwd.values()):
+        fn()
+    times = {(kind, n): [] for kind in ("train", "fwd") for n in train}
+    for _ in tqdm(range(rounds), desc="per-call overhead", file=sys.stdout):
+        for n in train:
+            times[("train", n)].append(timer(train[n], reps))
+            times[("fwd", n)].append(timer(fwd[n], reps))
+    med = {key: statistics.median(v) * 1e6 for key, v in times.items()}
+    return [dict(variant=n, fwd_us=med[("fwd", n)], train_us=med[("train", n)],
+                 fwd_extra_us=med[("fwd", n)] - med[("fwd", "F.conv2d")],
+                 train_extra_us=med[("train", n)] - med[("train", "F.conv2d")]) for n in train], \
+        dict(rounds=rounds, reps=reps)
+
+
 def peak_memory(train, names, device):
     out = {}
     for n in names:
@@ -321,7 +347,7 @@ def fmt(v, digits=2):
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def report(meta, var_rows, draws, speed_rows, speed_meta, pics):
+def report(meta, var_rows, draws, speed_rows, speed_meta, pics, overhead_rows=(), overhead_meta=None):
     lines = [
         "# strideconv benchmark report", "",
         f"- date: {meta['date']}", f"- machine: {meta['machine']}", f"- torch {meta['torch']}",
@@ -354,6 +380,19 @@ def report(meta, var_rows, draws, speed_rows, speed_meta, pics):
         lines.append(f"| {r['shape']} | {r['dtype']} | {r['layout']} | {'yes' if r['input_grad'] else 'no'} | "
                      f"{r['variant']} | {r['train_s'] * 1e3:.3f} | {fmt(r['train_ratio'], 3)} | "
                      f"{fmt(r['fwd_ratio'], 3)} | {fmt(r['peak_mem_ratio'], 3)} |")
+    if overhead_rows:
+        lines += [
+            "", "## Per-call overhead", "",
+            "A 1x1x5x5 input, 3x3 kernel, stride 2, padding 1: the arithmetic is negligible, so this is "
+            "the fixed cost of each call (Python wrapper, operator dispatch, autograd node, extra kernel "
+            f"launches). Microseconds per call, medians of {overhead_meta['rounds']} interleaved rounds "
+            f"of {overhead_meta['reps']} calls; fwd is under no_grad, fwd+bwd computes all three gradients.", "",
+            "| variant | fwd us | fwd+bwd us | fwd extra us | fwd+bwd extra us |",
+            "|---|---|---|---|---|",
+        ]
+        for r in overhead_rows:
+            lines.append(f"| {r['variant']} | {r['fwd_us']:.1f} | {r['train_us']:.1f} | "
+                         f"{r['fwd_extra_us']:+.1f} | {r['train_extra_us']:+.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -362,7 +401,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few draws, small shapes")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
-    parser.add_argument("--skip", nargs="*", default=[], choices=["variance", "pictures", "speed"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["variance", "pictures", "speed", "overhead"])
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device")
@@ -372,11 +411,14 @@ def main(argv=None):
     var_rows, draws = variance_table(args.device, args.quick) if "variance" not in args.skip else ([], 0)
     pics = pictures(args.out, args.device, args.quick) if "pictures" not in args.skip else []
     speed_rows, speed_meta = speed_suite(args.device, args.quick) if "speed" not in args.skip else ([], dict(batch=0, rounds=0, reps=0))
-    text = report(meta, var_rows, draws, speed_rows, speed_meta, pics) + "\n".join(training_section(args.out)) + "\n"
+    overhead_rows, overhead_meta = overhead_table(args.device, args.quick) if "overhead" not in args.skip else ([], None)
+    text = (report(meta, var_rows, draws, speed_rows, speed_meta, pics, overhead_rows, overhead_meta)
+            + "\n".join(training_section(args.out)) + "\n")
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write(text)
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(dict(meta=meta, variance=var_rows, draws=draws, speed=speed_rows, speed_meta=speed_meta), f, indent=1)
+        json.dump(dict(meta=meta, variance=var_rows, draws=draws, speed=speed_rows, speed_meta=speed_meta,
+                       overhead=overhead_rows, overhead_meta=overhead_meta), f, indent=1)
     print(text)
     print(f"wrote {args.out}/report.md, results.json and {len(pics)} pictures")
 

@@ -24,5 +24,9 @@ def test_benchmark_quick_run(tmp_path):
     assert plain["var_dx"] / plain["kaiming"] < 0.1
     assert 0.8 < fixed["var_dx"] / fixed["kaiming"] < 1.2
     assert {r["variant"] for r in results["speed"]} >= {"F.conv2d", "hook", "none", "map", "kernel", "position"}
+    assert "## Per-call overhead" in report
+    overhead = {r["variant"]: r for r in results["overhead"]}
+    assert set(overhead) == {"F.conv2d", "hook", "none", "map", "kernel", "position"}
+    assert overhead["F.conv2d"]["train_extra_us"] == 0 and all(r["train_us"] > 0 for r in overhead.values())
     for name in ("variance_k3_s2.png", "variance_k4_s4.png"):
         assert (tmp_path / name).stat().st_size > 10_000
