@@ -198,3 +198,10 @@ def test_no_graph_without_grad_and_forward_ad_refused():
         for mode in (torch.enable_grad, torch.no_grad):
             with mode(), pytest.raises(RuntimeError, match="jvp is not implemented"):
                 conv2d(dual, w.detach(), stride=2)
+
+
+def test_functorch_transforms_refused_loudly():
+    """torch.func cannot run a C++ autograd Function: it must say so, never return a plain gradient."""
+    x, w = torch.randn(1, 2, 7, 7), torch.randn(3, 2, 3, 3)
+    with pytest.raises(RuntimeError, match="functorch"):
+        torch.func.grad(lambda t: conv2d(t, w, stride=2).sum())(x)
