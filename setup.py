@@ -79,7 +79,8 @@ def extensions():
     print(f"strideconv: building {'CPU + CUDA' if use_cuda else 'CPU only'} ({why})", file=sys.stderr)
     debug = os.environ.get("DEBUG") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    sources = [os.path.join(ROOT, "csrc", f) for f in ("python.cpp", "ops.cpp", "autograd.cpp", "checks.cpp", "cpu/kernels.cpp")]
+    cpp = ("python.cpp", "ops.cpp", "autograd.cpp", "checks.cpp", "cpu/kernels.cpp")
+    sources = [os.path.join(ROOT, "csrc", f) for f in cpp]
     args = {"cxx": list(opt)}  # the C++ standard is chosen by cpp_extension for this torch
     if not use_cuda:
         return [CppExtension("strideconv._C", sources, extra_compile_args=args)]
