@@ -221,6 +221,20 @@ def keep_freed_memory() -> bool:
         return False
 
 
+def interleaved_medians(train, fwd, timer, rounds, reps):
+    """Median seconds per call of every variant, fwd+bwd ("train") and forward-only ("fwd"),
+    after one warm-up call each (cuDNN picks its algorithms); rounds are interleaved, every
+    variant once per round, so that drifts of the machine hit all variants alike."""
+    for fn in list(train.values()) + list(fwd.values()):
+        fn()
+    times = {(kind, n): [] for kind in ("train", "fwd") for n in train}
+    for _ in rounds:
+        for n in train:
+            times[("train", n)].append(timer(train[n], reps))
+            times[("fwd", n)].append(timer(fwd[n], reps))
+    return {key: statistics.median(v) for key, v in times.items()}
+
+
 def speed_suite(device, quick):
     cuda = device.startswith("cuda")
     kept = False if cuda else keep_freed_memory()
@@ -252,16 +266,8 @@ def speed_suite(device, quick):
             with ctx:
                 train, fwd = make_variants(x, w, b, s, p, need_input, factor_map)
                 names = list(train)
-                for fn in list(train.values()) + list(fwd.values()):  # warm-up (cuDNN picks algos)
-                    fn()
-                times = {("train", n): [] for n in names}
-                times.update({("fwd", n): [] for n in names})
-                for _ in range(rounds):  # interleaved: every variant once per round
-                    for n in names:
-                        times[("train", n)].append(timer(train[n], reps))
-                        times[("fwd", n)].append(timer(fwd[n], reps))
+                med = interleaved_medians(train, fwd, timer, range(rounds), reps)
                 memory = peak_memory(train, names, device) if cuda else {}
-            med = {key: statistics.median(v) for key, v in times.items()}
             for n in names:
                 rows.append(dict(
                     shape=name, dtype=dtype_name,
@@ -286,15 +292,8 @@ def overhead_table(device, quick):
     b = torch.zeros(1, device=device, requires_grad=True)
     factor_map = strideconv.correction_factors((5, 5), 3, 2, 1).position.to(device, torch.float32)
     train, fwd = make_variants(x, w, b, 2, 1, True, factor_map)
-    timer = Timer(device)
-    for fn in list(train.values()) + list(fwd.values()):
-        fn()
-    times = {(kind, n): [] for kind in ("train", "fwd") for n in train}
-    for _ in tqdm(range(rounds), desc="per-call overhead", file=sys.stdout):
-        for n in train:
-            times[("train", n)].append(timer(train[n], reps))
-            times[("fwd", n)].append(timer(fwd[n], reps))
-    med = {key: statistics.median(v) * 1e6 for key, v in times.items()}
+    rounds_bar = tqdm(range(rounds), desc="per-call overhead", file=sys.stdout)
+    med = {key: t * 1e6 for key, t in interleaved_medians(train, fwd, Timer(device), rounds_bar, reps).items()}
     return [dict(variant=n, fwd_us=med[("fwd", n)], train_us=med[("train", n)],
                  fwd_extra_us=med[("fwd", n)] - med[("fwd", "F.conv2d")],
                  train_extra_us=med[("train", n)] - med[("train", "F.conv2d")]) for n in train], \

@@ -107,15 +107,6 @@ bool taps_trivial(at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntAr
   return true;
 }
 
-const char* correction_name(Correction c) {
-  switch (c) {
-    case Correction::None: return "none";
-    case Correction::Map: return "map";
-    case Correction::Kernel: return "kernel";
-    default: return "position";
-  }
-}
-
 // ----- autograd functions ---------------------------------------------------------------------
 
 class ConvFunction : public torch::autograd::Function<ConvFunction> {

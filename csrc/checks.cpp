@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <iterator>
 #include <string>
 
 #include "ops.h"
@@ -67,15 +68,21 @@ Geometry make_geometry(
   return g;
 }
 
+// The schema's names of the corrections, in the order of enum Correction.
+constexpr const char* kCorrectionNames[] = {"none", "map", "kernel", "position"};
+
 Correction parse_correction(c10::string_view name) {
-  if (name == "none") return Correction::None;
-  if (name == "map") return Correction::Map;
-  if (name == "kernel") return Correction::Kernel;
-  if (name == "position") return Correction::Position;
+  for (size_t c = 0; c < std::size(kCorrectionNames); ++c) {
+    if (name == kCorrectionNames[c]) return static_cast<Correction>(c);
+  }
   TORCH_CHECK_VALUE(
       false, "strideconv: correction must be one of 'none', 'map', 'kernel', 'position', got '",
       std::string(name), "'");
   return Correction::None;  // not reached
+}
+
+const char* correction_name(Correction correction) {
+  return kCorrectionNames[static_cast<int>(correction)];
 }
 
 void check_power(double power) {

@@ -22,6 +22,7 @@ at::Tensor call_conv(
 // checks.cpp, by the C++ compiler: the CUDA translation unit only calls them.
 
 Correction parse_correction(c10::string_view name);
+const char* correction_name(Correction correction);  // its inverse
 
 void check_power(double power);
 

@@ -8,11 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.utils import _ntuple, _pair
 
+from . import _C
 from ._factors import check_correction, pool_factor_map
 
 __all__ = ["conv1d", "conv2d", "conv3d", "avg_pool2d"]
-
-from . import _C
 
 _conv_op = torch.ops.strideconv.conv.default
 _has_torch_function = torch.overrides.has_torch_function_variadic
