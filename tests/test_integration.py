@@ -53,6 +53,28 @@ def test_compile_fullgraph_matches_eager(dynamic, device):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+# ----- torch.export ---------------------------------------------------------------------------
+
+def test_export_keeps_the_op_dynamic_shapes_and_save_load(tmp_path, device):
+    model = small_cnn(device=device)
+    x = torch.randn(2, 3, 32, 32, device=device)
+    size = torch.export.Dim("size", min=4, max=128)
+    exported = torch.export.export(model, (x,), dynamic_shapes={"input": {2: 4 * size, 3: 4 * size}})
+    targets = [n.target for n in exported.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.strideconv.conv.default) == 2  # the op, not a decomposition
+
+    path = tmp_path / "model.pt2"
+    torch.export.save(exported, str(path))
+    loaded = torch.export.load(str(path)).module()
+    for size in (32, 44):  # the traced size and another one of the symbolic range
+        x = torch.randn(2, 3, size, size, device=device)
+        y0, g0 = grads_of(model, x)
+        y1, g1 = grads_of(loaded, x)
+        torch.testing.assert_close(y1, y0, rtol=0, atol=0)  # the forward is the same kernels
+        for a, b in zip(g1, g0):  # the input gradient is the corrected one, as in eager
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 # ----- autocast -------------------------------------------------------------------------------
 
 AUTOCAST = [("cpu", torch.bfloat16), pytest.param("cuda", torch.float16, marks=pytest.mark.skipif(
