@@ -79,12 +79,19 @@ def extensions():
     print(f"strideconv: building {'CPU + CUDA' if use_cuda else 'CPU only'} ({why})", file=sys.stderr)
     debug = os.environ.get("DEBUG") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cpp = ("python.cpp", "ops.cpp", "autograd.cpp", "checks.cpp", "cpu/kernels.cpp")
+    cpp = (
+        "python.cpp",
+        "conv.cpp",
+        "options.cpp",
+        "autograd.cpp",
+        "autocast.cpp",
+        "cpu/scale_kernels.cpp",
+    )
     sources = [os.path.join(ROOT, "csrc", f) for f in cpp]
     args = {"cxx": list(opt)}  # the C++ standard is chosen by cpp_extension for this torch
     if not use_cuda:
         return [CppExtension("strideconv._C", sources, extra_compile_args=args)]
-    sources.append(os.path.join(ROOT, "csrc", "cuda", "kernels.cu"))
+    sources.append(os.path.join(ROOT, "csrc", "cuda", "scale_kernels.cu"))
     args["nvcc"] = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
     return [
         CUDAExtension(

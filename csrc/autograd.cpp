@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "ops.h"
+#include "options.h"
 
 namespace strideconv {
 namespace {
@@ -23,77 +24,56 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// ----- typed handles of the registered operators -------------------------------------------
-
-at::Tensor call_scale_weight(
-    const at::Tensor& weight, c10::SymIntArrayRef input_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view correction, double power) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("strideconv::scale_weight", "")
-          .typed<at::Tensor(const at::Tensor&, c10::SymIntArrayRef, at::IntArrayRef,
-                            at::IntArrayRef, at::IntArrayRef, c10::string_view, double)>();
-  return op.call(weight, input_size, stride, padding, dilation, correction, power);
-}
-
-at::Tensor call_scale_border(
-    const at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, double power) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("strideconv::scale_border", "")
-          .typed<at::Tensor(const at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
-                            at::IntArrayRef, double)>();
-  return op.call(grad, kernel_size, stride, padding, dilation, power);
-}
-
-void call_scale_border_(
-    at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, double power) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("strideconv::scale_border_", "")
-          .typed<void(at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
-                      at::IntArrayRef, double)>();
-  op.call(grad, kernel_size, stride, padding, dilation, power);
-}
-
 // ----- saved arguments ------------------------------------------------------------------------
 
-// The int[] arguments of a call and its power, kept as one integer list and one
-// double: every saved_data entry is a string-keyed hash map insert, and a
-// backward runs once per training step, so two entries beat eight.
-// Layout: [nd, stride (nd), padding (nd), dilation (nd), extra...].
-struct Saved {
-  std::vector<int64_t> values;
-  double power = 1.0;
+// The checked options of a conv call, kept in the context under their own
+// names (values the forward checked, read back by name).
+void save_options(AutogradContext* ctx, const ConvOptions& o, bool has_bias) {
+  ctx->saved_data["stride"] = o.stride_list();
+  ctx->saved_data["padding"] = o.padding_list();
+  ctx->saved_data["dilation"] = o.dilation_list();
+  ctx->saved_data["groups"] = o.groups;
+  ctx->saved_data["correction"] = static_cast<int64_t>(o.correction);
+  ctx->saved_data["power"] = o.power;
+  ctx->saved_data["has_bias"] = has_bias;
+}
 
-  Saved(at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, double g,
-        at::IntArrayRef extra)
-      : power(g) {
-    values.reserve(1 + 3 * stride.size() + extra.size());
-    values.push_back(static_cast<int64_t>(stride.size()));
-    for (const at::IntArrayRef list : {stride, padding, dilation, extra}) {
-      values.insert(values.end(), list.begin(), list.end());
-    }
-  }
-  explicit Saved(AutogradContext* ctx)
-      : values(ctx->saved_data["args"].toIntVector()), power(ctx->saved_data["power"].toDouble()) {}
+struct SavedConv {
+  std::vector<int64_t> stride, padding, dilation;
+  int64_t groups;
+  Correction correction;
+  double power;
+  bool has_bias;
 
-  void save(AutogradContext* ctx) const {
-    ctx->saved_data["args"] = values;
-    ctx->saved_data["power"] = power;
-  }
+  explicit SavedConv(AutogradContext* ctx)
+      : stride(ctx->saved_data["stride"].toIntVector()),
+        padding(ctx->saved_data["padding"].toIntVector()),
+        dilation(ctx->saved_data["dilation"].toIntVector()),
+        groups(ctx->saved_data["groups"].toInt()),
+        correction(static_cast<Correction>(ctx->saved_data["correction"].toInt())),
+        power(ctx->saved_data["power"].toDouble()),
+        has_bias(ctx->saved_data["has_bias"].toBool()) {}
+};
 
-  at::IntArrayRef stride() const { return list(0); }
-  at::IntArrayRef padding() const { return list(1); }
-  at::IntArrayRef dilation() const { return list(2); }
-  at::IntArrayRef extra() const { return at::IntArrayRef(values).slice(1 + 3 * values[0]); }
+// The int[] arguments and power of a scale_weight or scale_border call, whose
+// forward (the registered op) checked them.
+void save_scaling(AutogradContext* ctx, at::IntArrayRef stride, at::IntArrayRef padding,
+                  at::IntArrayRef dilation, double power) {
+  ctx->saved_data["stride"] = stride;
+  ctx->saved_data["padding"] = padding;
+  ctx->saved_data["dilation"] = dilation;
+  ctx->saved_data["power"] = power;
+}
 
- private:
-  at::IntArrayRef list(int64_t which) const {
-    return at::IntArrayRef(values).slice(1 + which * values[0], values[0]);
-  }
+struct SavedScaling {
+  std::vector<int64_t> stride, padding, dilation;
+  double power;
+
+  explicit SavedScaling(AutogradContext* ctx)
+      : stride(ctx->saved_data["stride"].toIntVector()),
+        padding(ctx->saved_data["padding"].toIntVector()),
+        dilation(ctx->saved_data["dilation"].toIntVector()),
+        power(ctx->saved_data["power"].toDouble()) {}
 };
 
 // "kernel" and "position" leave the weight alone when every tap factor is 1:
@@ -116,12 +96,14 @@ class ConvFunction : public torch::autograd::Function<ConvFunction> {
       const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
       at::IntArrayRef dilation, int64_t groups, c10::string_view correction, double power) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
+    // The op checks every argument (ATen's checks, then ours) before it returns.
     at::Tensor output =
         call_conv(input, weight, bias, stride, padding, dilation, groups, correction, power);
     ctx->save_for_backward({input, weight});
-    const bool has_bias = bias.has_value() && bias->defined();
-    const int64_t extra[] = {groups, static_cast<int64_t>(parse_correction(correction)), has_bias};
-    Saved(stride, padding, dilation, power, extra).save(ctx);
+    save_options(ctx,
+                 conv_options(weight.dim() - 2, stride, padding, dilation, groups,
+                              parse_correction(correction), power),
+                 bias.has_value() && bias->defined());
     return output;
   }
 
@@ -129,15 +111,12 @@ class ConvFunction : public torch::autograd::Function<ConvFunction> {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& input = saved[0];
     const at::Tensor& weight = saved[1];
-    const Saved s(ctx);
-    const int64_t groups = s.extra()[0];
-    const auto correction = static_cast<Correction>(s.extra()[1]);
-    const bool has_bias = s.extra()[2] != 0;
+    const SavedConv o(ctx);
 
     const bool need_input = ctx->needs_input_grad(0);
     const bool need_weight = ctx->needs_input_grad(1);
-    const bool need_bias = has_bias && ctx->needs_input_grad(2);
-    const bool corrected = need_input && correction != Correction::None;
+    const bool need_bias = o.has_bias && ctx->needs_input_grad(2);
+    const bool corrected = need_input && o.correction != Correction::None;
     const auto kernel_size = weight.sizes().slice(2);
     // Without create_graph nothing here needs a graph: call the kernels below
     // the Autograd key (no autograd node, no fallback bookkeeping per call).
@@ -145,31 +124,30 @@ class ConvFunction : public torch::autograd::Function<ConvFunction> {
 
     at::Tensor w = weight;
     if (corrected &&
-        (correction == Correction::Map || !taps_trivial(kernel_size, s.stride(), s.dilation()))) {
+        (o.correction == Correction::Map || !taps_trivial(kernel_size, o.stride, o.dilation))) {
       std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
       if (!differentiable) below_autograd.emplace();
-      w = call_scale_weight(weight, input.sym_sizes().slice(2), s.stride(), s.padding(),
-                            s.dilation(), correction_name(correction), s.power);
+      w = call_scale_weight(weight, input.sym_sizes().slice(2), o.stride, o.padding, o.dilation,
+                            correction_name(o.correction), o.power);
     }
     // The bias has one entry per output channel.
     const c10::SymInt bias_size = weight.sym_size(0);
     std::optional<c10::SymIntArrayRef> bias_sizes;
-    if (has_bias) bias_sizes = c10::SymIntArrayRef(&bias_size, 1);
-    const std::vector<c10::SymInt> output_padding(s.stride().size(), 0);
+    if (o.has_bias) bias_sizes = c10::SymIntArrayRef(&bias_size, 1);
+    const std::vector<c10::SymInt> output_padding(o.stride.size(), 0);
     auto [grad_input, grad_weight, grad_bias] = at::convolution_backward_symint(
-        grads[0], input, w, bias_sizes, c10::fromIntArrayRefSlow(s.stride()),
-        c10::fromIntArrayRefSlow(s.padding()), c10::fromIntArrayRefSlow(s.dilation()),
-        /*transposed=*/false, output_padding, c10::SymInt(groups),
+        grads[0], input, w, bias_sizes, c10::fromIntArrayRefSlow(o.stride),
+        c10::fromIntArrayRefSlow(o.padding), c10::fromIntArrayRefSlow(o.dilation),
+        /*transposed=*/false, output_padding, c10::SymInt(o.groups),
         {need_input, need_weight, need_bias});
 
-    if (corrected && correction == Correction::Position) {
+    if (corrected && o.correction == Correction::Position) {
       if (differentiable) {  // create_graph=True: keep it differentiable
-        grad_input = call_scale_border(grad_input, kernel_size, s.stride(), s.padding(),
-                                       s.dilation(), s.power);
+        grad_input = call_scale_border(grad_input, kernel_size, o.stride, o.padding, o.dilation,
+                                       o.power);
       } else {  // grad_input is a fresh tensor: scale its border band in place
         at::AutoDispatchBelowADInplaceOrView below_autograd;
-        call_scale_border_(grad_input, kernel_size, s.stride(), s.padding(), s.dilation(),
-                           s.power);
+        call_scale_border_(grad_input, kernel_size, o.stride, o.padding, o.dilation, o.power);
       }
     }
     return {grad_input, grad_weight, grad_bias, at::Tensor(), at::Tensor(),
@@ -177,6 +155,7 @@ class ConvFunction : public torch::autograd::Function<ConvFunction> {
   }
 };
 
+// A fixed diagonal scaling of the weight: its backward is itself.
 class ScaleWeightFunction : public torch::autograd::Function<ScaleWeightFunction> {
  public:
   static at::Tensor forward(
@@ -186,22 +165,44 @@ class ScaleWeightFunction : public torch::autograd::Function<ScaleWeightFunction
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     at::Tensor out =
         call_scale_weight(weight, input_size, stride, padding, dilation, correction, power);
-    const int64_t extra[] = {static_cast<int64_t>(parse_correction(correction))};
-    Saved(stride, padding, dilation, power, extra).save(ctx);
+    save_scaling(ctx, stride, padding, dilation, power);
     ctx->saved_data["input_size"] = input_size;
+    ctx->saved_data["correction"] = std::string(correction);
     return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const Saved s(ctx);
+    const SavedScaling s(ctx);
     const auto input_size = ctx->saved_data["input_size"].toSymIntVector();
-    const auto correction = static_cast<Correction>(s.extra()[0]);
-    return {call_scale_weight(grads[0], input_size, s.stride(), s.padding(), s.dilation(),
-                              correction_name(correction), s.power),
+    const std::string correction = ctx->saved_data["correction"].toStringRef();
+    return {call_scale_weight(grads[0], input_size, s.stride, s.padding, s.dilation, correction,
+                              s.power),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
+// A fixed diagonal scaling of the weight: its backward is itself.
+class ScaleTapsFunction : public torch::autograd::Function<ScaleTapsFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& weight, at::IntArrayRef stride,
+                            at::IntArrayRef dilation, double power) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::Tensor out = call_scale_taps(weight, stride, dilation, power);
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["dilation"] = dilation;
+    ctx->saved_data["power"] = power;
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto stride = ctx->saved_data["stride"].toIntVector();
+    const auto dilation = ctx->saved_data["dilation"].toIntVector();
+    return {call_scale_taps(grads[0], stride, dilation, ctx->saved_data["power"].toDouble()),
+            at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+// A fixed diagonal scaling of the gradient: its backward is itself.
 class ScaleBorderFunction : public torch::autograd::Function<ScaleBorderFunction> {
  public:
   static at::Tensor forward(
@@ -209,13 +210,15 @@ class ScaleBorderFunction : public torch::autograd::Function<ScaleBorderFunction
       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, double power) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     at::Tensor out = call_scale_border(grad, kernel_size, stride, padding, dilation, power);
-    Saved(stride, padding, dilation, power, kernel_size).save(ctx);
+    save_scaling(ctx, stride, padding, dilation, power);
+    ctx->saved_data["kernel_size"] = kernel_size;
     return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const Saved s(ctx);
-    return {call_scale_border(grads[0], s.extra(), s.stride(), s.padding(), s.dilation(), s.power),
+    const SavedScaling s(ctx);
+    const auto kernel_size = ctx->saved_data["kernel_size"].toIntVector();
+    return {call_scale_border(grads[0], kernel_size, s.stride, s.padding, s.dilation, s.power),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -252,6 +255,11 @@ at::Tensor scale_weight_autograd(
                                     power);
 }
 
+at::Tensor scale_taps_autograd(
+    const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef dilation, double power) {
+  return ScaleTapsFunction::apply(weight, stride, dilation, power);
+}
+
 at::Tensor scale_border_autograd(
     const at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, double power) {
@@ -263,6 +271,7 @@ at::Tensor scale_border_autograd(
 TORCH_LIBRARY_IMPL(strideconv, Autograd, m) {
   m.impl("conv", &conv_autograd);
   m.impl("scale_weight", &scale_weight_autograd);
+  m.impl("scale_taps", &scale_taps_autograd);
   m.impl("scale_border", &scale_border_autograd);
 }
 

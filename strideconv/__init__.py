@@ -2,7 +2,7 @@
 
 The forward pass is ``torch.nn.functional.conv2d``, bit for bit. The backward pass
 corrects ``grad_input`` for the uneven number of kernel windows that reach each
-input pixel under a stride (SPEC sections 1-3 in the project documentation).
+input pixel under a stride (docs/design.md).
 """
 
 import torch  # noqa: F401  (loads libtorch, which _C links against)
@@ -17,12 +17,13 @@ except ImportError as exc:  # no silent fallback to plain convolutions
         "(add `-e` for a development install)."
     ) from exc
 
-from . import ops  # noqa: F401,E402  (fake kernels)
+from . import _fake_kernels  # noqa: F401,E402  (shapes for torch.compile and meta tensors)
 from . import functional, init  # noqa: E402
-from ._factors import CORRECTIONS, Factors, correction_factors, count_map  # noqa: E402
+from ._arguments import CORRECTIONS  # noqa: E402
+from .factors import Factors, correction_factors, count_map  # noqa: E402
 from .convert import convert, revert  # noqa: E402
 from .modules import AvgPool2d, Conv1d, Conv2d, Conv3d  # noqa: E402
-from .report import report  # noqa: E402
+from ._report import report  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [

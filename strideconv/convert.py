@@ -2,20 +2,38 @@
 
 from __future__ import annotations
 
-from torch import nn
+import warnings
 
-from ._factors import check_correction
-from .modules import Conv1d, Conv2d, Conv3d
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ._arguments import check_correction, check_power
+from .modules import AvgPool2d, Conv1d, Conv2d, Conv3d
 
 __all__ = ["convert", "revert"]
 
 _TO_OURS = {nn.Conv1d: Conv1d, nn.Conv2d: Conv2d, nn.Conv3d: Conv3d}
 _TO_PLAIN = {ours: plain for plain, ours in _TO_OURS.items()}
+_TO_PLAIN[AvgPool2d] = nn.AvgPool2d
+_LAZY = (nn.LazyConv1d, nn.LazyConv2d, nn.LazyConv3d)
+
+
+def _base_class(module: nn.Module) -> type:
+    """The class a module was built as: under ``torch.nn.utils.parametrize`` its class is a
+    generated ``Parametrized<Name>`` subclass of it."""
+    cls = type(module)
+    return cls.__bases__[0] if parametrize.is_parametrized(module) else cls
 
 
 def _swap(module: nn.Module, cls: type) -> nn.Module:
-    """A module of class ``cls`` that shares everything with ``module``: the same Parameter and
-    buffer objects, hooks, training mode, device and dtype (nothing is copied or re-drawn)."""
+    """A module of class ``cls`` (or its parametrized twin) that shares everything with
+    ``module``: the same Parameter, buffer and parametrization objects, hooks, training mode,
+    device and dtype (nothing is copied or re-drawn)."""
+    if parametrize.is_parametrized(module):
+        # The generated class holds the parametrized properties (e.g. `weight`): rebuild it
+        # over `cls`, with the same properties and methods.
+        extra = {k: v for k, v in type(module).__dict__.items() if k not in ("__dict__", "__weakref__", "__doc__")}
+        cls = type(f"Parametrized{cls.__name__}", (cls,), extra)
     new = cls.__new__(cls)
     new.__dict__.update(module.__dict__)
     for key in ("_parameters", "_buffers", "_modules"):
@@ -23,15 +41,27 @@ def _swap(module: nn.Module, cls: type) -> nn.Module:
     return new
 
 
-def _replace(module: nn.Module, make) -> nn.Module:
-    replacement = make(module)
-    if replacement is not None:
+def _replace(model: nn.Module, make) -> nn.Module:
+    """Apply ``make`` to every module of ``model`` (depth first); a module reached at several
+    places is replaced once, by one new module, so that sharing is kept."""
+    done: dict[int, nn.Module] = {}
+
+    def visit(module: nn.Module) -> nn.Module:
+        if id(module) in done:
+            return done[id(module)]
+        replacement = make(module)
+        if replacement is None:
+            replacement = module
+            for name, child in list(module._modules.items()):  # every slot, shared ones too
+                if child is None:
+                    continue
+                new_child = visit(child)
+                if new_child is not child:
+                    setattr(module, name, new_child)
+        done[id(module)] = replacement
         return replacement
-    for name, child in module.named_children():
-        new_child = _replace(child, make)
-        if new_child is not child:
-            setattr(module, name, new_child)
-    return module
+
+    return visit(model)
 
 
 def convert(model: nn.Module, correction: str = "position", power: float = 0.5, min_stride: int = 2) -> nn.Module:
@@ -39,32 +69,52 @@ def convert(model: nn.Module, correction: str = "position", power: float = 0.5, 
     ``min_stride`` by the strideconv module sharing its parameters; returns the model (the
     converted module itself if ``model`` is one such convolution).
 
-    Only those exact classes are converted: a subclass may have its own forward. The forward
-    output does not change; the input gradients of the converted layers are corrected. Undo
-    with ``revert``.
+    Converted: those exact classes, also under ``torch.nn.utils.parametrize`` (e.g.
+    ``parametrizations.weight_norm``) and lazy ones once materialised; a module used at
+    several places stays one module. Skipped, each named in a warning: other subclasses (they
+    may have their own forward) and lazy convolutions not yet run. The forward output does
+    not change; the input gradients of the converted layers are corrected. Undo with
+    ``revert``.
     """
-    check_correction(correction, power)
+    correction, power = check_correction(correction), check_power(power)
     if isinstance(min_stride, bool) or not isinstance(min_stride, int) or min_stride < 1:
         raise ValueError(f"min_stride must be a positive integer, got {min_stride!r}")
+    names = {id(m): name or "(model)" for name, m in model.named_modules(remove_duplicate=False)}
+    skipped = []
 
     def make(module):
-        cls = _TO_OURS.get(type(module))
-        if cls is None or max(module.stride) < min_stride:
+        cls = _TO_OURS.get(_base_class(module))
+        if cls is None:
+            if isinstance(module, _LAZY) or (
+                isinstance(module, tuple(_TO_OURS)) and not isinstance(module, (Conv1d, Conv2d, Conv3d))
+            ):
+                skipped.append(f"{names.get(id(module))} ({type(module).__name__})")
+            return None
+        if max(module.stride) < min_stride:
             return None
         new = _swap(module, cls)
         new.correction = correction
-        new.power = float(power)
+        new.power = power
         return new
 
-    return _replace(model, make)
+    out = _replace(model, make)
+    if skipped:
+        warnings.warn(
+            "strideconv.convert left these convolutions unconverted: " + ", ".join(skipped)
+            + " (a lazy convolution converts after its first forward pass; a subclass of "
+            "nn.ConvNd may have its own forward: convert it by hand)",
+            stacklevel=2,
+        )
+    return out
 
 
 def revert(model: nn.Module) -> nn.Module:
-    """Replace each strideconv ``Conv1d/2d/3d`` by the plain ``torch.nn`` module sharing its
-    parameters (for export and inference; the forward output is the same); returns the model."""
+    """Replace each strideconv ``Conv1d/2d/3d`` and ``AvgPool2d`` by the plain ``torch.nn``
+    module sharing its parameters (for TorchScript, or to train without the correction; the
+    forward output is the same); returns the model."""
 
     def make(module):
-        cls = _TO_PLAIN.get(type(module))
+        cls = _TO_PLAIN.get(_base_class(module))
         if cls is None:
             return None
         new = _swap(module, cls)

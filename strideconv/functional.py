@@ -6,27 +6,18 @@ from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
-from torch.nn.modules.utils import _ntuple, _pair
 
 from . import _C
-from ._factors import check_correction, pool_factor_map
+from ._arguments import check_correction, check_power, int_arg, int_tuple, same_padding
+from ._pooling import ScaleGrad, factor_map
 
 __all__ = ["conv1d", "conv2d", "conv3d", "avg_pool2d"]
 
 _conv_op = torch.ops.strideconv.conv.default
 _has_torch_function = torch.overrides.has_torch_function_variadic
 _is_compiling = torch.compiler.is_compiling
-
-
-def _same_padding(weight: torch.Tensor, dilation, stride, nd: int):
-    """Per-dimension (left, right) padding that ATen's padding='same' uses."""
-    if any(s != 1 for s in stride):
-        raise RuntimeError("padding='same' is not supported for strided convolutions")
-    pads = []
-    for d in range(nd):
-        total = dilation[d] * (weight.shape[2 + d] - 1)
-        pads.append((total // 2, total - total // 2))
-    return pads
+_in_onnx_export = torch.onnx.is_in_onnx_export
+_PLAIN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 def _string_padding(input, weight, padding: str, stride, dilation, nd: int):
@@ -34,9 +25,9 @@ def _string_padding(input, weight, padding: str, stride, dilation, nd: int):
     if padding == "valid":
         return input, (0,) * nd
     if padding != "same":
-        raise ValueError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
-    pads = _same_padding(weight, dilation, stride, nd)
-    extra = [right - left for left, right in pads]
+        raise RuntimeError(f"Invalid padding string: {padding!r}")  # torch's words
+    pads = same_padding(weight.shape[2:], stride, dilation)
+    extra = [after - before for before, after in pads]
     if any(extra):
         # Asymmetric: pad the far side by the odd one, as ATen does; the count
         # map is then that of the padded tensor.
@@ -44,42 +35,37 @@ def _string_padding(input, weight, padding: str, stride, dilation, nd: int):
         for e in reversed(extra):
             pad_arg += [0, e]
         input = F.pad(input, pad_arg)
-    return input, tuple(left for left, _ in pads)
-
-
-def _expand(value, nd: int):
-    """An int argument repeated per spatial dim, as torch.nn.modules.utils._ntuple does."""
-    if type(value) is tuple:  # the common case first: modules store tuples
-        return value
-    if type(value) is int:
-        return (value,) * nd
-    return _ntuple(nd)(value)
+    return input, tuple(before for before, _ in pads)
 
 
 def _conv_nd(input, weight, bias, stride, padding, dilation, groups, correction, power, nd):
-    """Public N-d entry: checks the rank, expands int arguments, accepts unbatched input.
+    """Public N-d entry: normalises every argument once, accepts unbatched input.
 
     Kept lean on purpose: on a GPU, a small convolution's time is mostly this host code.
     """
-    check_correction(correction, power)
+    correction, power = check_correction(correction), check_power(power)
     dim = input.dim()
     if dim != nd + 2 and dim != nd + 1:
         raise RuntimeError(
             f"Expected {nd + 1}D (unbatched) or {nd + 2}D (batched) input to conv{nd}d, but got "
             f"input of size: {list(input.shape)}"
         )
-    stride, dilation = _expand(stride, nd), _expand(dilation, nd)
+    stride, dilation = int_tuple(stride, nd, "stride"), int_tuple(dilation, nd, "dilation")
+    if type(groups) is not int:
+        groups = int_arg(groups, "groups")
     if isinstance(padding, str):
         input, padding = _string_padding(input, weight, padding, stride, dilation, nd)
     else:
-        padding = _expand(padding, nd)
+        padding = int_tuple(padding, nd, "padding")
+    if _in_onnx_export():  # the forward is the plain convolution: export it as a standard Conv
+        return _PLAIN[nd](input, weight, bias, stride, padding, dilation, groups)
     batched = dim == nd + 2
     if not batched:
         input = input.unsqueeze(0)
     # torch.ops while torch.compile traces (dynamo sees the op) or a __torch_function__
     # override is in play; otherwise the unboxed binding of the same operator.
     call = _conv_op if _is_compiling() or _has_torch_function(input, weight, bias) else _C.conv
-    out = call(input, weight, bias, stride, padding, dilation, groups, correction, float(power))
+    out = call(input, weight, bias, stride, padding, dilation, groups, correction, power)
     return out if batched else out.squeeze(0)
 
 
@@ -120,23 +106,6 @@ for _nd, _fn in ((1, conv1d), (2, conv2d), (3, conv3d)):
     _fn.__doc__ = _DOC.format(nd=_nd)
 
 
-class _ScaleGrad(torch.autograd.Function):
-    """Identity forward; the backward multiplies the gradient by a fixed factor map."""
-
-    @staticmethod
-    def forward(input, factor):
-        return input.view_as(input)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[1])
-
-    @staticmethod
-    def backward(ctx, grad):
-        (factor,) = ctx.saved_tensors
-        return grad * factor, None
-
-
 def avg_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override: Optional[int] = None,
                *, correction: str = "position", power: float = 0.5) -> torch.Tensor:
@@ -147,15 +116,17 @@ def avg_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mo
     gradient is the true one times the factor map of ``correction`` (with dilation 1, "kernel" is
     a factor map too: ``(K / n((i + p) mod s)) ** power`` where a window touches ``i``).
     """
-    check_correction(correction, power)
-    kernel = _pair(kernel_size)
-    stride_ = kernel if (stride is None or (not isinstance(stride, int) and len(stride) == 0)) else _pair(stride)
-    pad = _pair(padding)
-    valid = min(kernel) > 0 and min(stride_) > 0 and min(pad) >= 0  # else F.avg_pool2d raises
+    correction, power = check_correction(correction), check_power(power)
+    kernel = int_tuple(kernel_size, 2, "kernel_size")
+    no_stride = stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0)
+    stride_ = kernel if no_stride else int_tuple(stride, 2, "stride")
+    pad = int_tuple(padding, 2, "padding")
+    # Only what F.avg_pool2d accepts is corrected; the rest reaches it and raises there.
+    valid = len(kernel) == len(stride_) == len(pad) == 2 and min(kernel) > 0 and min(stride_) > 0 and min(pad) >= 0
     if valid and correction != "none" and input.requires_grad and torch.is_grad_enabled() and input.dim() in (3, 4):
-        factor = pool_factor_map(
-            tuple(input.shape[-2:]), kernel, stride_, pad, ceil_mode, correction, float(power),
+        factor = factor_map(
+            tuple(input.shape[-2:]), kernel, stride_, pad, ceil_mode, correction, power,
             input.device, input.dtype,
         )
-        input = _ScaleGrad.apply(input, factor)
+        input = ScaleGrad.apply(input, factor)
     return F.avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)

@@ -22,7 +22,8 @@ from typing import NamedTuple, Optional, Union
 import torch
 from torch import nn
 from torch.nn.init import calculate_gain
-from torch.nn.modules.utils import _ntuple
+
+from ._arguments import int_arg, int_tuple_exact
 
 __all__ = [
     "Fans",
@@ -35,7 +36,6 @@ __all__ = [
     "xavier_uniform_",
 ]
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 class Fans(NamedTuple):
@@ -51,7 +51,7 @@ def fans(weight: Union[torch.Tensor, nn.Module], stride=1, dilation=1, groups: i
     stride, dilation and groups are then used (the keyword arguments are ignored).
     """
     if isinstance(weight, nn.Module):
-        if not isinstance(weight, _CONVS):
+        if not isinstance(weight, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             raise ValueError(f"fans() takes a weight tensor or a Conv1d/2d/3d module, got {type(weight).__name__}")
         stride, dilation, groups = weight.stride, weight.dilation, weight.groups
         weight = weight.weight
@@ -60,10 +60,9 @@ def fans(weight: Union[torch.Tensor, nn.Module], stride=1, dilation=1, groups: i
             f"fans() needs a convolution weight (out, in / groups, *kernel), got shape {tuple(weight.shape)}"
         )
     kernel = tuple(weight.shape[2:])
-    expand = _ntuple(len(kernel))
-    stride, dilation = expand(stride), expand(dilation)  # dilation: accepted, no effect on the mean
-    if len(stride) != len(kernel) or len(dilation) != len(kernel):
-        raise ValueError(f"stride and dilation need {len(kernel)} values, got {stride} and {dilation}")
+    stride = int_tuple_exact(stride, len(kernel), "stride")
+    dilation = int_tuple_exact(dilation, len(kernel), "dilation")  # accepted, no effect on the mean
+    groups = int_arg(groups, "groups")
     if any(s < 1 for s in stride) or any(q < 1 for q in dilation):
         raise ValueError(f"stride and dilation must be positive, got {stride} and {dilation}")
     if groups < 1 or weight.shape[0] % groups != 0:
@@ -154,7 +153,7 @@ def init_convs_(model: nn.Module, mode: str = "fan_out", nonlinearity: str = "re
         raise ValueError(f"distribution must be 'normal' or 'uniform', got {distribution!r}")
     draw = kaiming_normal_ if distribution == "normal" else kaiming_uniform_
     for module in model.modules():
-        if isinstance(module, _CONVS):
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             draw(module.weight, a, mode, nonlinearity, generator,
                  stride=module.stride, dilation=module.dilation, groups=module.groups)
             if zero_bias and module.bias is not None:

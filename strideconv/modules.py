@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._factors import check_correction
+from ._arguments import check_correction, check_power
 from .functional import _conv_nd, avg_pool2d
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "AvgPool2d"]
@@ -21,9 +21,10 @@ class _Corrected:
     power: float
 
     def _set_correction(self, correction: str, power: float) -> None:
-        """Store the settings; the constructors check them before building the base module."""
-        self.correction = correction
-        self.power = float(power)
+        """Store the settings, checked (the constructors check them before building the base
+        module too, so that nothing is drawn from the RNG for a module that is refused)."""
+        self.correction = check_correction(correction)
+        self.power = check_power(power)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, correction={self.correction!r}, power={self.power}"
@@ -51,7 +52,7 @@ class _ConvNd(_Corrected):
         correction: str = "position",
         power: float = 0.5,
     ) -> None:
-        check_correction(correction, power)  # before any parameter is drawn
+        check_correction(correction), check_power(power)  # before any parameter is drawn
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
             padding_mode, device, dtype,
@@ -59,6 +60,12 @@ class _ConvNd(_Corrected):
         self._set_correction(correction, power)
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+        if torch.jit.is_scripting():
+            return self._scripted_conv(input, weight, bias)
+        return self._eager_conv(input, weight, bias)
+
+    @torch.jit.unused
+    def _eager_conv(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
         padding = self.padding
         if self.padding_mode != "zeros":  # as torch.nn.ConvNd: pad first, then convolve unpadded
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
@@ -68,6 +75,31 @@ class _ConvNd(_Corrected):
             self.correction, self.power, self._nd,
         )
 
+    def _scripted_conv(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+        """The same call in TorchScript, through the registered op (which expands one-value
+        lists as ATen does). TorchScript resolves the isinstance test statically; 'same' is
+        refused by ``__prepare_scriptable__``, so a string padding here is 'valid'."""
+        unbatched = input.dim() == weight.dim() - 1
+        if unbatched:
+            input = input.unsqueeze(0)
+        op = torch.ops.strideconv.conv
+        if isinstance(self.padding, str):
+            out = op(input, weight, bias, self.stride, [0], self.dilation, self.groups, self.correction, self.power)
+        elif self.padding_mode != "zeros":
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            out = op(input, weight, bias, self.stride, [0], self.dilation, self.groups, self.correction, self.power)
+        else:
+            out = op(input, weight, bias, self.stride, self.padding, self.dilation, self.groups, self.correction,
+                     self.power)
+        return out.squeeze(0) if unbatched else out
+
+    def __prepare_scriptable__(self):
+        if self.padding == "same":
+            raise RuntimeError(
+                f"strideconv: torch.jit.script does not support padding='same' in {type(self).__name__}; "
+                "give the padding as numbers, or script strideconv.revert(model) (plain torch.nn layers)"
+            )
+        return self
 
 _CONV_DOC = """Drop-in for ``torch.nn.Conv{nd}d`` whose backward corrects ``grad_input``.
 
@@ -111,9 +143,16 @@ class AvgPool2d(_Corrected, nn.AvgPool2d):
         correction: str = "position",
         power: float = 0.5,
     ) -> None:
-        check_correction(correction, power)
+        check_correction(correction), check_power(power)
         super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
         self._set_correction(correction, power)
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            "strideconv: torch.jit.script does not support strideconv.AvgPool2d (its correction is a "
+            "Python autograd.Function); script strideconv.revert(model), which turns it back into "
+            "torch.nn.AvgPool2d (same output, plain gradient)"
+        )
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return avg_pool2d(

@@ -1,9 +1,6 @@
 """strideconv.convert / revert on a ResNet-style model written here."""
 
 import copy
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -11,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import strideconv
+from reference import expected_grad_input
 
 
 class Block(nn.Module):
@@ -117,7 +115,8 @@ def test_convert_keeps_device_dtype_and_subclasses():
         pass
 
     model = nn.Sequential(MyConv(1, 1, 2, 2), nn.Conv2d(1, 1, 2, 2, dtype=torch.float16))
-    strideconv.convert(model)
+    with pytest.warns(UserWarning, match="MyConv"):
+        strideconv.convert(model)
     assert type(model[0]) is MyConv
     assert model[1].weight.dtype == torch.float16
 
@@ -138,41 +137,52 @@ def test_convert_deepcopy_and_pickle_round_trip(tmp_path):
     assert type(loaded[0]) is strideconv.Conv2d and torch.equal(loaded(X), model(X))
 
 
-# ----- report -------------------------------------------------------------------------------
-
-def test_report_rows():
-    model = nn.Sequential(
-        strideconv.Conv2d(3, 8, 3, 2, 1), nn.Conv2d(8, 8, 3, 1, 1), nn.Conv2d(8, 8, 4, 4),
-        strideconv.AvgPool2d(2, correction="kernel"), nn.Conv2d(8, 8, 1, 2),
-    )
-    rows = strideconv.report(model, torch.zeros(1, 3, 32, 32))
-    assert [r.name for r in rows] == ["0", "2", "3", "4"]  # the stride-1 conv is left out
-    stem, patch, pool, pointwise = rows
-    assert stem.input_size == (32, 32) and patch.input_size == (16, 16) and pointwise.input_size == (2, 2)
-    assert stem.cell == "[1 2; 2 4]"  # padding 1 shifts [4 2; 2 1] by one position
-    assert patch.cell == "[1 1 1 1; 1 1 1 1; 1 1 1 1; 1 1 1 1]"
-    for row, (size, k, s, p) in zip((stem, patch, pointwise), (((32, 32), 3, 2, 1), ((16, 16), 4, 4, 0), ((2, 2), 1, 2, 0))):
-        f = strideconv.correction_factors(size, k, s, p)
-        assert row.deficit == pytest.approx(f.counts.double().mean().item() / k**2)
-        assert row.alpha == pytest.approx(f.map)
-    assert patch.deficit == pytest.approx(1 / 16)
-    assert stem.correction == "position" and patch.correction.startswith("none")
-    assert pool.correction == "kernel" and pool.kind == "AvgPool2d"
-    table = str(rows)
-    assert table.count("\n") == 1 + len(rows) and "| 0 | Conv2d | 32x32 | 3x3 | 2x2 | 1x1 | [1 2; 2 4] |" in table
+def test_a_module_used_twice_stays_one_module():
+    shared = nn.Conv2d(3, 3, 3, 2, 1)
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    strideconv.convert(model)
+    assert isinstance(model[0], strideconv.Conv2d) and model[0] is model[2]
+    assert len(list(model.parameters())) == 2  # one weight, one bias
+    strideconv.revert(model)
+    assert type(model[0]) is nn.Conv2d and model[0] is model[2]
 
 
-def test_report_command_line(tmp_path):
-    src = tmp_path / "net.py"
-    src.write_text(textwrap.dedent("""
-        from torch import nn
-        def make():
-            return nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.ReLU(), nn.Conv2d(4, 4, 2, 2))
-    """))
-    out = subprocess.run(
-        [sys.executable, "-m", "strideconv.report", f"{src}:make", "--input-size", "1", "3", "16", "16"],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    lines = [line for line in out.splitlines() if line.startswith("| ")]
-    assert len(lines) == 3  # header and two strided layers
-    assert "| 2 | Conv2d | 8x8 | 2x2 | 2x2 | 0x0 | [1 1; 1 1] | 0.250 |" in out
+def test_parametrized_convolution_is_converted_and_keeps_its_parametrization():
+    torch.manual_seed(0)
+    plain = nn.utils.parametrizations.weight_norm(nn.Conv2d(2, 3, 3, 2, 1))
+    model = nn.Sequential(plain)
+    x = torch.randn(1, 2, 9, 9)
+    y0 = model(x)
+    strideconv.convert(model, correction="kernel")
+    conv = model[0]
+    assert isinstance(conv, strideconv.Conv2d) and nn.utils.parametrize.is_parametrized(conv, "weight")
+    assert conv.parametrizations.weight is plain.parametrizations.weight  # the same objects
+    assert torch.equal(model(x), y0)
+    xr = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(model(xr).sum(), xr)
+    # the parametrized weight's gradient path is the plain one; grad_input is corrected
+    w = conv.weight.detach()
+    expected = expected_grad_input("kernel", 0.5, x, w, torch.ones(1, 3, 5, 5), (2, 2), (1, 1), (1, 1), 1)
+    torch.testing.assert_close(g.double(), expected, rtol=1e-5, atol=1e-6)
+    strideconv.revert(model)
+    assert type(model[0]).__bases__[0] is nn.Conv2d and torch.equal(model(x), y0)
+
+
+def test_lazy_convolution_is_named_until_materialised_then_converted():
+    model = nn.Sequential(nn.LazyConv2d(4, 3, 2))
+    with pytest.warns(UserWarning, match=r"0 \(LazyConv2d\)"):
+        strideconv.convert(model)
+    assert isinstance(model[0], nn.LazyConv2d)
+    model(torch.randn(1, 3, 8, 8))  # materialises: the module becomes an nn.Conv2d
+    strideconv.convert(model)
+    assert type(model[0]) is strideconv.Conv2d
+
+
+def test_subclass_is_left_alone_and_named():
+    class MyConv(nn.Conv2d):
+        pass
+
+    model = nn.Sequential(MyConv(3, 3, 3, 2))
+    with pytest.warns(UserWarning, match=r"0 \(MyConv\)"):
+        strideconv.convert(model)
+    assert type(model[0]) is MyConv

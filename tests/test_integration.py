@@ -363,7 +363,7 @@ def test_soak_varying_sizes_memory_flat_results_right():
         if step in (1000, 2999):
             marks[step] = rss_mb()
     assert marks[2999] - marks[1000] < 20, marks
-    assert strideconv._factors._pool_factor_map.cache_info().currsize <= 64
+    assert strideconv._pooling._factor_map.cache_info().currsize <= 64
 
 
 def test_concurrent_calls_from_threads(device):
@@ -436,3 +436,50 @@ def test_large_tensor_indexing_cuda():
 @pytest.mark.slow
 def test_large_tensor_indexing_cpu():
     _check_large("cpu")
+
+
+# ----- TorchScript and ONNX -------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs", [dict(stride=2), dict(stride=(2,), padding=1),
+                                    dict(stride=2, padding=1, padding_mode="reflect"),
+                                    dict(stride=2, padding="valid")])
+def test_jit_script_conv_same_output_and_corrected_gradient(kwargs):
+    torch.manual_seed(0)
+    conv = strideconv.Conv2d(2, 3, 3, **kwargs)
+    scripted = torch.jit.script(conv)
+    for x in (torch.randn(2, 2, 9, 9), torch.randn(2, 9, 9)):  # batched and unbatched
+        x = x.requires_grad_()
+        y0, y1 = conv(x), scripted(x)
+        assert torch.equal(y1, y0)
+        (g0,) = torch.autograd.grad(y0.sum(), x)
+        (g1,) = torch.autograd.grad(y1.sum(), x)
+        torch.testing.assert_close(g1, g0)
+    (true,) = torch.autograd.grad(nn.Conv2d._conv_forward(conv, x, conv.weight, conv.bias).sum(), x)
+    assert not torch.allclose(g1, true)  # the scripted module corrects too
+
+
+def test_jit_script_refusals_name_revert():
+    with pytest.raises(RuntimeError, match="revert"):
+        torch.jit.script(strideconv.Conv2d(2, 3, 3, padding="same"))
+    with pytest.raises(RuntimeError, match="revert"):
+        torch.jit.script(nn.Sequential(strideconv.AvgPool2d(2)))
+    scripted = torch.jit.script(strideconv.revert(nn.Sequential(strideconv.AvgPool2d(2))))
+    x = torch.randn(1, 1, 4, 4)
+    assert torch.equal(scripted(x), F.avg_pool2d(x, 2))
+
+
+@pytest.mark.parametrize("dynamo", [True, False])
+def test_onnx_export_of_a_converted_model_is_a_standard_conv(tmp_path, dynamo):
+    onnx = pytest.importorskip("onnx", reason="onnx is in requirements-dev.txt")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is in requirements-dev.txt")
+    if dynamo:
+        pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript")
+    model = strideconv.convert(small_cnn(correction="none")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    path = str(tmp_path / "model.onnx")
+    torch.onnx.export(model, (x,), path, dynamo=dynamo)
+    ops = [node.op_type for node in onnx.load(path).graph.node]
+    assert ops.count("Conv") == 3 and not any("strideconv" in op for op in ops)
+    session = ort.InferenceSession(path)
+    (y,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(y), model(x).detach(), rtol=1e-4, atol=1e-5)

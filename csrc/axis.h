@@ -1,8 +1,13 @@
 #pragma once
-// Multiplication counts and correction factors of a strided convolution for ONE
-// spatial axis (SPEC section 2); every N-d quantity is the product over axes.
-// Used on the host and inside the CPU and CUDA kernels. The readable Python
-// twin, used by the tests and the public helpers, is strideconv/_factors.py.
+// Counts and correction factors of a strided convolution along ONE spatial axis
+// (docs/design.md, "Definitions"); every N-d quantity is the product over axes.
+// Used on the host and inside the CPU and CUDA kernels. The readable Python twin,
+// used by the tests and the public helpers, is strideconv/factors.py.
+//
+// Every query is O(1) (a few divisions and one modular inverse), so no argument,
+// however large, makes a kernel loop over taps or strides. The values are
+// bounded by kMaxArgument (checked in options.cpp), so nothing below overflows
+// 64-bit arithmetic.
 
 #include <cmath>
 #include <cstdint>
@@ -16,6 +21,7 @@
 namespace strideconv {
 
 constexpr int kMaxSpatialDims = 3;
+constexpr int64_t kMaxArgument = (int64_t(1) << 31) - 1;  // lengths, kernel, stride, padding, dilation
 
 // b^g with the two common powers exact and cheap: g = 1 and g = 0.5.
 template <typename real_t>
@@ -23,6 +29,30 @@ STRIDECONV_HD inline real_t power_of(real_t b, real_t g) {
   if (g == real_t(1)) return b;
   if (g == real_t(0.5)) return sqrt(b);
   return pow(b, g);
+}
+
+STRIDECONV_HD inline int64_t gcd(int64_t a, int64_t b) {
+  while (b != 0) {
+    const int64_t r = a % b;
+    a = b;
+    b = r;
+  }
+  return a;
+}
+
+// x with a * x = 1 (mod m), for gcd(a, m) = 1 and m >= 1.
+STRIDECONV_HD inline int64_t inverse_mod(int64_t a, int64_t m) {
+  int64_t r0 = m, r1 = a % m, x0 = 0, x1 = 1;
+  while (r1 != 0) {
+    const int64_t quotient = r0 / r1;
+    int64_t r = r0 - quotient * r1;
+    r0 = r1;
+    r1 = r;
+    r = x0 - quotient * x1;
+    x0 = x1;
+    x1 = r;
+  }
+  return ((x0 % m) + m) % m;
 }
 
 struct Axis {
@@ -38,15 +68,7 @@ struct Axis {
   }
 
   // Taps t and t' share a class (t*q = t'*q mod s) iff t = t' mod period.
-  STRIDECONV_HD int64_t class_period() const {
-    int64_t a = dilation % stride, b = stride;
-    while (a != 0) {
-      const int64_t r = b % a;
-      b = a;
-      a = r;
-    }
-    return stride / b;  // b = gcd(q mod s, s)
-  }
+  STRIDECONV_HD int64_t class_period() const { return stride / gcd(dilation % stride, stride); }
 
   // n(r(t)): how many taps share the class of tap t.
   STRIDECONV_HD int64_t class_count_of_tap(int64_t t) const {
@@ -54,25 +76,38 @@ struct Axis {
     return (kernel - 1 - t % period) / period + 1;
   }
 
-  // n((i + p) mod s): the count position i would have away from the borders.
-  STRIDECONV_HD int64_t class_count_at(int64_t i) const {
-    const int64_t period = class_period();
+  // The smallest tap t >= 0 with t*q = i + p (mod s), or -1 if there is none:
+  // every tap reaching position i is t plus a multiple of the class period.
+  STRIDECONV_HD int64_t first_tap_at(int64_t i) const {
+    const int64_t g = gcd(dilation % stride, stride);
     const int64_t target = (i + padding) % stride;
-    for (int64_t t = 0; t < period && t < kernel; ++t) {
-      if ((t * dilation) % stride == target) return class_count_of_tap(t);
-    }
-    return 0;
+    if (target % g != 0) return -1;
+    const int64_t period = stride / g;
+    if (period == 1) return 0;
+    return (target / g) * inverse_mod((dilation % stride) / g, period) % period;
   }
 
-  // C(i): the number of (output o, tap t) pairs with o*s - p + t*q == i.
+  // n((i + p) mod s): the count position i would have away from the borders.
+  STRIDECONV_HD int64_t class_count_at(int64_t i) const {
+    const int64_t t = first_tap_at(i);
+    return t < 0 || t >= kernel ? 0 : class_count_of_tap(t);
+  }
+
+  // C(i): the number of (output o, tap t) pairs with o*s - p + t*q == i. The taps
+  // are those of one class (t = t0 mod period) with 0 <= (i + p - t*q) / s < L_out.
   STRIDECONV_HD int64_t count(int64_t i) const {
     const int64_t n_out = out_length();
-    int64_t c = 0;
-    for (int64_t t = 0; t < kernel; ++t) {
-      const int64_t v = i + padding - t * dilation;
-      if (v >= 0 && v % stride == 0 && v / stride < n_out) ++c;
-    }
-    return c;
+    const int64_t t0 = first_tap_at(i);
+    if (n_out == 0 || t0 < 0) return 0;
+    const int64_t v = i + padding;
+    const int64_t low_v = v - stride * (n_out - 1);  // t*q >= low_v
+    const int64_t lo = low_v <= 0 ? 0 : (low_v + dilation - 1) / dilation;
+    int64_t hi = v / dilation;
+    if (hi > kernel - 1) hi = kernel - 1;
+    if (lo > hi) return 0;
+    const int64_t period = class_period();
+    const int64_t first = lo + ((t0 - lo) % period + period) % period;
+    return first > hi ? 0 : (hi - first) / period + 1;
   }
 
   // [interior_begin, interior_end) holds only positions with C(i) equal to
@@ -129,15 +164,29 @@ struct Axis {
     return n == kernel ? real_t(1) : power_of(real_t(kernel) / real_t(n), power);
   }
 
-  // K^g / sqrt(mean_i C(i)^(2g)): this axis' share of the "map" scalar alpha.
-  double map_factor(double power) const {
+  // log of K^g / sqrt(mean_i C(i)^(2g)), this axis' share of the "map" scalar
+  // alpha, computed with m the largest count as
+  // g log(k / m) - log(mean_i (C(i) / m)^(2g)) / 2, so that no power of a count
+  // overflows or underflows alone. 0 when no window touches the input.
+  double log_map_factor(double power) const {
+    int64_t largest = 0;
+    for (int64_t i = 0; i < length; ++i) {
+      const int64_t c = count(i);
+      if (c > largest) largest = c;
+    }
+    if (largest == 0) return 0.0;  // no window touches the input: nothing to scale
     double sum = 0;
     for (int64_t i = 0; i < length; ++i) {
       const int64_t c = count(i);
-      if (c > 0) sum += power_of(double(c), 2 * power);
+      if (c > 0) sum += power_of(double(c) / double(largest), 2 * power);
     }
-    if (sum == 0) return 1.0;  // no window touches the input: nothing to scale
-    return power_of(double(kernel), power) / std::sqrt(sum / double(length));
+    return power * std::log(double(kernel) / double(largest)) - 0.5 * std::log(sum / double(length));
+  }
+
+  // The fewest taps any class holds: floor(k / period), or 1 when period > k.
+  STRIDECONV_HD int64_t smallest_class_count() const {
+    const int64_t period = class_period();
+    return period > kernel ? 1 : kernel / period;
   }
 };
 

@@ -1,32 +1,25 @@
 #pragma once
-// The shape of one correction call, shared by the CPU and CUDA kernels: the
-// convolution's axes, and the "band" of input positions outside the interior
-// box, which is all the "position" correction has to touch.
+// What the CPU and CUDA kernels share: the geometry of one call (its axes), the
+// "band" of positions outside the interior box (all that the "position"
+// correction touches), the per-axis factor tables, and the walks that turn a
+// work item into memory offsets for any strides (docs/design.md, "The band").
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
 #include <limits>
 
-#include "factors.h"
+#include "axis.h"
 
 namespace strideconv {
 
-// The convolution settings of one call, per spatial axis (from the schema's
-// int[] arguments). Lengths come from the tensor the correction applies to.
+// The convolution settings of one call, per spatial axis; the lengths are those of
+// the tensor the correction applies to. Built and checked by make_geometry
+// (options.h).
 struct Geometry {
   int ndim = 0;
   Axis axis[kMaxSpatialDims];
 };
-
-// Checked per-axis settings; lengths are the spatial sizes of the tensor the
-// correction applies to. Defined in checks.cpp.
-Geometry make_geometry(
-    at::IntArrayRef lengths,
-    at::IntArrayRef kernel_size,
-    at::IntArrayRef stride,
-    at::IntArrayRef padding,
-    at::IntArrayRef dilation);
 
 // The positions outside the band's interior box (Axis::band_begin/band_end),
 // enumerated level by level: at level
@@ -117,11 +110,11 @@ struct AxisFactors {
 };
 
 template <typename real_t>
-struct Factors {
+struct FactorTable {
   int ndim = 0;
   AxisFactors<real_t> axis[kMaxSpatialDims];
 
-  Factors(const Geometry& g, double power) : ndim(g.ndim) {
+  FactorTable(const Geometry& g, double power) : ndim(g.ndim) {
     for (int d = 0; d < ndim; ++d) axis[d] = AxisFactors<real_t>(g.axis[d], power);
   }
 

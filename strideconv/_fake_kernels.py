@@ -2,17 +2,12 @@
 
 They give shapes, dtypes and strides without computing, for ``torch.compile`` and
 meta tensors. The kernels and the autograd of the operators are compiled
-(``csrc/``); the backward of ``conv`` is described in ``csrc/autograd.cpp``.
+(``csrc/``; docs/design.md has the map).
 """
 
 from __future__ import annotations
 
 import torch
-
-_ops = torch.ops.strideconv
-
-
-# ----- fake (meta) kernels: shapes, dtypes and strides without computing -------------------
 
 @torch.library.register_fake("strideconv::conv")
 def _conv_fake(input, weight, bias, stride, padding, dilation, groups, correction, power):
@@ -23,6 +18,11 @@ def _conv_fake(input, weight, bias, stride, padding, dilation, groups, correctio
 
 @torch.library.register_fake("strideconv::scale_weight")
 def _scale_weight_fake(weight, input_size, stride, padding, dilation, correction, power):
+    return torch.empty_like(weight)
+
+
+@torch.library.register_fake("strideconv::scale_taps")
+def _scale_taps_fake(weight, stride, dilation, power):
     return torch.empty_like(weight)
 
 

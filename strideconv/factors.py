@@ -1,39 +1,23 @@
 """Multiplication counts and correction factors, written from the definitions.
 
-SPEC section 2, one spatial axis at a time; N-d quantities are products over
-axes. This is the readable reference of the math that csrc/factors.h runs.
+One spatial axis at a time (docs/design.md, "Definitions"); N-d quantities are
+products over axes. This is the readable reference of the math that csrc/axis.h
+runs, used by the public helpers, the report and the tests.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple, Sequence
 
 import torch
 
-CORRECTIONS = ("none", "map", "kernel", "position")
+from ._arguments import check_power, int_tuple_exact
 
-
-def check_correction(correction: str, power: float) -> None:
-    """Raise ValueError for an unknown correction or a power that is not positive and finite."""
-    if not isinstance(correction, str) or correction not in CORRECTIONS:
-        raise ValueError(
-            f"correction must be one of {', '.join(repr(c) for c in CORRECTIONS)}, got {correction!r}"
-        )
-    # Comparisons rather than math.isfinite, so that a symbolic float (torch.compile with
-    # dynamic shapes) can be checked too; NaN fails both comparisons.
-    if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0 < power < math.inf:
-        raise ValueError(f"power must be a positive finite number, got {power!r}")
-
-
-def _tuple(value, n: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, int):
-        return (value,) * n
-    value = tuple(int(v) for v in value)
-    if len(value) != n:
-        raise ValueError(f"{name} needs {n} values, got {value}")
-    return value
+__all__ = [
+    "Factors", "axis_alpha", "axis_class_counts", "axis_counts", "correction_factors", "count_map",
+    "pool_axis_counts",
+]
 
 
 def axis_counts(length: int, kernel: int, stride: int, padding: int, dilation: int) -> list[int]:
@@ -79,10 +63,10 @@ def _sizes(input_size, kernel_size, stride, padding, dilation):
         raise ValueError("count maps take integer padding; pass the padding 'same' resolves to")
     return (
         input_size,
-        _tuple(kernel_size, nd, "kernel_size"),
-        _tuple(stride, nd, "stride"),
-        _tuple(padding, nd, "padding"),
-        _tuple(dilation, nd, "dilation"),
+        int_tuple_exact(kernel_size, nd, "kernel_size"),
+        int_tuple_exact(stride, nd, "stride"),
+        int_tuple_exact(padding, nd, "padding"),
+        int_tuple_exact(dilation, nd, "dilation"),
     )
 
 
@@ -109,7 +93,7 @@ def count_map(input_size, kernel_size, stride=1, padding=0, dilation=1) -> torch
 
 
 class Factors(NamedTuple):
-    """The correction factors of one convolution geometry (SPEC section 3), float64."""
+    """The correction factors of one convolution geometry (docs/design.md, "Corrections"), float64."""
 
     counts: torch.Tensor  # C(i), shape input_size
     position: torch.Tensor  # (K / C(i))^g where C > 0, else 0; shape input_size
@@ -126,7 +110,7 @@ def correction_factors(
     ``kernel``: the per-tap weight factors of ``correction="kernel"``; ``map``: the scalar alpha of
     ``correction="map"``.
     """
-    check_correction("none", power)
+    power = check_power(power)
     input_size, kernel_size, stride, padding, dilation = _sizes(
         input_size, kernel_size, stride, padding, dilation
     )
@@ -148,27 +132,3 @@ def pool_axis_counts(length: int, kernel: int, stride: int, padding: int, ceil_m
     if ceil_mode and (out - 1) * stride >= length + padding:
         out -= 1
     return _window_counts(length, out, kernel, stride, padding, 1)
-
-
-@functools.lru_cache(maxsize=64)  # bounded; keys are small tuples, values H x W tensors
-def _pool_factor_map(size, kernel, stride, padding, ceil_mode, correction, power, device, dtype):
-    per_axis = []
-    for length, k, s, p in zip(size, kernel, stride, padding):
-        c = pool_axis_counts(length, k, s, p, ceil_mode)
-        if correction == "position":
-            f = [(k / ci) ** power if ci > 0 else 0.0 for ci in c]
-        elif correction == "kernel":  # dilation 1: every tap reaching i has the class of (i + p) mod s
-            n = axis_class_counts(k, s, 1)
-            f = [(k / n[(i + p) % s]) ** power if ci > 0 else 0.0 for i, ci in enumerate(c)]
-        else:  # "map": this axis' share of alpha
-            f = [axis_alpha(c, k, power)] * length
-        per_axis.append(torch.tensor(f, dtype=torch.float64))
-    return _outer(per_axis).to(device=device, dtype=dtype)
-
-
-def pool_factor_map(size, kernel, stride, padding, ceil_mode, correction, power, device, dtype):
-    """The factor map that turns the true input gradient of ``avg_pool2d`` into the corrected one."""
-    return _pool_factor_map(
-        tuple(size), tuple(kernel), tuple(stride), tuple(padding), bool(ceil_mode), correction,
-        float(power), torch.device(device), dtype,
-    )

@@ -1,4 +1,5 @@
-// CUDA kernels of scale_border_, scale_border and scale_weight.
+// CUDA kernels of scale_border_ (the border band of a gradient, in place) and
+// scale_taps (a weight times its tap factors).
 //
 // scale_border_ touches only the border band (a few rows and columns), in
 // place, one thread per element, no atomics. The per-axis factor tables
@@ -7,6 +8,7 @@
 // element, so they are __grid_constant__: read in place from the parameter
 // space, not copied to each thread's local memory.
 
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/MemoryOverlap.h>
 #include <ATen/OpMathType.h>
@@ -17,7 +19,7 @@
 
 #include <algorithm>
 
-#include "../ops.h"
+#include "../options.h"
 
 namespace strideconv {
 namespace {
@@ -31,7 +33,7 @@ inline unsigned int blocks_for(int64_t items) {
 
 template <typename scalar_t, typename index_t>
 __global__ void scale_band_kernel(scalar_t* data, const __grid_constant__ BandWalk walk,
-                                  const __grid_constant__ Factors<at::opmath_type<scalar_t>> factors,
+                                  const __grid_constant__ FactorTable<at::opmath_type<scalar_t>> factors,
                                   const index_t items) {
   using opmath_t = at::opmath_type<scalar_t>;
   const index_t step = index_t(blockDim.x) * gridDim.x;
@@ -46,7 +48,7 @@ __global__ void scale_band_kernel(scalar_t* data, const __grid_constant__ BandWa
 template <typename scalar_t, typename index_t>
 __global__ void scale_taps_kernel(const scalar_t* src, scalar_t* dst,
                                   const __grid_constant__ TapWalk walk,
-                                  const __grid_constant__ Factors<at::opmath_type<scalar_t>> factors,
+                                  const __grid_constant__ FactorTable<at::opmath_type<scalar_t>> factors,
                                   const index_t items) {
   using opmath_t = at::opmath_type<scalar_t>;
   const index_t step = index_t(blockDim.x) * gridDim.x;
@@ -61,8 +63,7 @@ __global__ void scale_taps_kernel(const scalar_t* src, scalar_t* dst,
 void scale_border_inplace(
     at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, double power) {
-  check_power(power);
-  const Geometry g = input_geometry(grad, kernel_size, stride, padding, dilation);
+  const Geometry g = border_geometry(grad, kernel_size, stride, padding, dilation, power);
   at::assert_no_internal_overlap(grad);
   const BandWalk walk(grad, g);
   const int64_t items = walk.items();
@@ -70,7 +71,7 @@ void scale_border_inplace(
   const c10::cuda::CUDAGuard guard(grad.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "scale_border_cuda", [&] {
-    const Factors<at::opmath_type<scalar_t>> factors(g, power);
+    const FactorTable<at::opmath_type<scalar_t>> factors(g, power);
     if (walk.fits_int32(grad)) {
       scale_band_kernel<scalar_t, int32_t><<<blocks_for(items), kThreads, 0, stream>>>(
           grad.data_ptr<scalar_t>(), walk, factors, static_cast<int32_t>(items));
@@ -82,21 +83,17 @@ void scale_border_inplace(
   });
 }
 
-at::Tensor scale_border(
-    const at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, double power) {
-  at::Tensor out = grad.clone();
-  scale_border_inplace(out, kernel_size, stride, padding, dilation, power);
-  return out;
-}
-
-void scale_taps(const at::Tensor& weight, at::Tensor& out, const Geometry& g, double power) {
+at::Tensor scale_taps(const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef dilation,
+                      double power) {
+  const Geometry g = tap_geometry(weight, stride, dilation, power);
+  at::Tensor out = at::empty_like(weight);
+  if (out.numel() == 0) return out;
   const c10::cuda::CUDAGuard guard(weight.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const TapWalk walk(weight, out);
   const int64_t items = weight.numel();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "scale_taps_cuda", [&] {
-    const Factors<at::opmath_type<scalar_t>> factors(g, power);
+    const FactorTable<at::opmath_type<scalar_t>> factors(g, power);
     const scalar_t* src = weight.const_data_ptr<scalar_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
     if (walk.fits_int32()) {
@@ -108,21 +105,14 @@ void scale_taps(const at::Tensor& weight, at::Tensor& out, const Geometry& g, do
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-}
-
-at::Tensor scale_weight(
-    const at::Tensor& weight, c10::SymIntArrayRef input_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view correction, double power) {
-  return scale_weight_with(&scale_taps, weight, C10_AS_INTARRAYREF_SLOW(input_size), stride,
-                           padding, dilation, correction, power);
+  return out;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(strideconv, CUDA, m) {
   m.impl("scale_border_", &scale_border_inplace);
-  m.impl("scale_border", &scale_border);
-  m.impl("scale_weight", &scale_weight);
+  m.impl("scale_taps", &scale_taps);
 }
 
 }  // namespace strideconv

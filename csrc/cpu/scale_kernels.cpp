@@ -1,5 +1,7 @@
-// CPU kernels of scale_border_, scale_border and scale_weight.
+// CPU kernels of scale_border_ (the border band of a gradient, in place) and
+// scale_taps (a weight times its tap factors).
 
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/MemoryOverlap.h>
 #include <ATen/OpMathType.h>
@@ -9,7 +11,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "../ops.h"
+#include "../options.h"
 
 namespace strideconv {
 namespace {
@@ -21,7 +23,7 @@ template <typename opmath_t>
 void band_entries(const at::Tensor& grad, const Geometry& g, double power,
                   std::vector<int64_t>& offsets, std::vector<opmath_t>& factors) {
   const Band band(g);
-  const Factors<opmath_t> table(g, power);
+  const FactorTable<opmath_t> table(g, power);
   int64_t coord[kMaxSpatialDims];
   for (int64_t b = 0; b < band.count; ++b) {
     band.position(b, coord);
@@ -74,8 +76,7 @@ void scale_band(at::Tensor& grad, const Geometry& g, double power) {
 void scale_border_inplace(
     at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, double power) {
-  check_power(power);
-  const Geometry g = input_geometry(grad, kernel_size, stride, padding, dilation);
+  const Geometry g = border_geometry(grad, kernel_size, stride, padding, dilation, power);
   at::assert_no_internal_overlap(grad);
   if (grad.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "scale_border_cpu", [&] {
@@ -83,15 +84,11 @@ void scale_border_inplace(
   });
 }
 
-at::Tensor scale_border(
-    const at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, double power) {
-  at::Tensor out = grad.clone();
-  scale_border_inplace(out, kernel_size, stride, padding, dilation, power);
-  return out;
-}
-
-void scale_taps(const at::Tensor& weight, at::Tensor& out, const Geometry& g, double power) {
+at::Tensor scale_taps(const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef dilation,
+                      double power) {
+  const Geometry g = tap_geometry(weight, stride, dilation, power);
+  at::Tensor out = at::empty_like(weight);
+  if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "scale_taps_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     std::vector<opmath_t> factor[kMaxSpatialDims];  // per axis, per tap
@@ -134,21 +131,14 @@ void scale_taps(const at::Tensor& weight, at::Tensor& out, const Geometry& g, do
       }
     });
   });
-}
-
-at::Tensor scale_weight(
-    const at::Tensor& weight, c10::SymIntArrayRef input_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view correction, double power) {
-  return scale_weight_with(&scale_taps, weight, C10_AS_INTARRAYREF_SLOW(input_size), stride,
-                           padding, dilation, correction, power);
+  return out;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(strideconv, CPU, m) {
   m.impl("scale_border_", &scale_border_inplace);
-  m.impl("scale_border", &scale_border);
-  m.impl("scale_weight", &scale_weight);
+  m.impl("scale_taps", &scale_taps);
 }
 
 }  // namespace strideconv

@@ -1,0 +1,173 @@
+// The operators' schemas, and the operators that are the same on every device,
+// written and registered once (CompositeExplicitAutograd): the forward
+// convolution, the choice of the weight that gives the corrected input
+// gradient, and the out-of-place border scaling. The device kernels
+// (scale_taps, scale_border_) are in cpu/ and cuda/; autograd in autograd.cpp;
+// the design in docs/design.md.
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "ops.h"
+#include "options.h"
+
+namespace strideconv {
+namespace {
+
+// ATen's own convolution, so the output is bit-identical to
+// torch.nn.functional.convNd and runs cuDNN / oneDNN under the user's backend
+// settings. correction and power only shape the backward, but they are checked
+// here, so that a bad setting fails at the call that made it.
+at::Tensor conv(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    c10::string_view correction, double power) {
+  const Correction kind = parse_correction(correction);
+  check_power(power);
+  // ATen runs complex convolutions as real ones only from at::conv2d & co., not from
+  // at::convolution, and the correction factors are real: not supported.
+  TORCH_CHECK_VALUE(
+      !input.is_complex() && !weight.is_complex(),
+      "strideconv: complex convolutions are not supported; use torch.nn.functional.conv2d");
+  // at::conv2d checks the bias before at::convolution does; keep its message.
+  TORCH_CHECK(
+      !bias.has_value() || !bias->defined() || input.dtype() == bias->dtype(),
+      "Input type (", std::string(input.dtype().name()), ") and bias type (",
+      std::string(bias->dtype().name()), ") should be the same");  // built only on failure
+  const std::vector<int64_t> output_padding(stride.size(), 0);
+  // ATen checks every argument first, with the messages torch's convolutions give.
+  at::Tensor output = at::convolution(input, weight, bias, stride, padding, dilation,
+                                      /*transposed=*/false, output_padding, groups);
+  // What ATen accepts and the backward could not handle: values past 2^31 and
+  // powers whose factors overflow the dtype.
+  const ConvOptions o = conv_options(weight.dim() - 2, stride, padding, dilation, groups, kind, power);
+  check_factors_fit(make_geometry(input.sizes().slice(2), weight.sizes().slice(2), o.stride_list(),
+                                  o.padding_list(), o.dilation_list()),
+                    kind, power, weight.scalar_type());
+  return output;
+}
+
+// The weight whose input gradient is the corrected one: "none" a copy, "map"
+// alpha * weight, "kernel" and "position" the tap-scaled weight.
+at::Tensor scale_weight(
+    const at::Tensor& weight, c10::SymIntArrayRef input_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view correction, double power) {
+  const Correction kind = parse_correction(correction);
+  check_power(power);
+  check_operand(weight, "weight", "(out, in / groups, *kernel)");
+  TORCH_CHECK_VALUE(
+      static_cast<int64_t>(input_size.size()) == weight.dim() - 2,
+      "strideconv: expected the input size to have one value per spatial dim of the weight (",
+      std::to_string(weight.dim() - 2), "), got ", std::to_string(input_size.size()), " values");
+  const Geometry g = make_geometry(C10_AS_INTARRAYREF_SLOW(input_size), weight.sizes().slice(2),
+                                   stride, padding, dilation);
+  check_factors_fit(g, kind, power, weight.scalar_type());
+  switch (kind) {
+    case Correction::None:
+      return weight.clone();
+    case Correction::Map: {
+      double log_alpha = 0;
+      for (int d = 0; d < g.ndim; ++d) log_alpha += g.axis[d].log_map_factor(power);
+      return weight * std::exp(log_alpha);
+    }
+    default:
+      return call_scale_taps(weight, stride, dilation, power);
+  }
+}
+
+at::Tensor scale_border(
+    const at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, double power) {
+  at::Tensor out = grad.clone();
+  call_scale_border_(out, kernel_size, stride, padding, dilation, power);
+  return out;
+}
+
+}  // namespace
+
+// ----- typed calls through the dispatcher ------------------------------------------------------
+
+at::Tensor call_conv(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    c10::string_view correction, double power) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("strideconv::conv", "")
+                             .typed<decltype(conv)>();
+  return op.call(input, weight, bias, stride, padding, dilation, groups, correction, power);
+}
+
+at::Tensor call_scale_weight(
+    const at::Tensor& weight, c10::SymIntArrayRef input_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view correction, double power) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("strideconv::scale_weight", "")
+                             .typed<decltype(scale_weight)>();
+  return op.call(weight, input_size, stride, padding, dilation, correction, power);
+}
+
+at::Tensor call_scale_taps(
+    const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef dilation, double power) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("strideconv::scale_taps", "")
+          .typed<at::Tensor(const at::Tensor&, at::IntArrayRef, at::IntArrayRef, double)>();
+  return op.call(weight, stride, dilation, power);
+}
+
+at::Tensor call_scale_border(
+    const at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, double power) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("strideconv::scale_border", "")
+                             .typed<decltype(scale_border)>();
+  return op.call(grad, kernel_size, stride, padding, dilation, power);
+}
+
+void call_scale_border_(
+    at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, double power) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("strideconv::scale_border_", "")
+          .typed<void(at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
+                      at::IntArrayRef, double)>();
+  op.call(grad, kernel_size, stride, padding, dilation, power);
+}
+
+// ----- schemas and the device-independent registrations ---------------------------------------
+
+TORCH_LIBRARY(strideconv, m) {
+  // Forward convolution; correction and power shape its backward.
+  m.def(
+      "conv(Tensor input, Tensor weight, Tensor? bias, int[] stride, int[] padding, "
+      "int[] dilation, int groups, str correction, float power) -> Tensor");
+  // The weight whose transposed convolution gives the corrected input
+  // gradient ("map": alpha * w; "kernel"/"position": tap-scaled w).
+  m.def(
+      "scale_weight(Tensor weight, SymInt[] input_size, int[] stride, int[] padding, "
+      "int[] dilation, str correction, float power) -> Tensor");
+  // Each tap of the weight times its "kernel" factor (a device kernel).
+  m.def("scale_taps(Tensor weight, int[] stride, int[] dilation, float power) -> Tensor");
+  // "kernel"-corrected input gradient -> "position"-corrected, in place, on
+  // the border band only (a device kernel).
+  m.def(
+      "scale_border_(Tensor(a!) grad, int[] kernel_size, int[] stride, int[] padding, "
+      "int[] dilation, float power) -> ()");
+  // Out-of-place twin of scale_border_, differentiable (double backward).
+  m.def(
+      "scale_border(Tensor grad, int[] kernel_size, int[] stride, int[] padding, "
+      "int[] dilation, float power) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(strideconv, CompositeExplicitAutograd, m) {
+  m.impl("conv", &conv);
+  m.impl("scale_weight", &scale_weight);
+  m.impl("scale_border", &scale_border);
+}
+
+}  // namespace strideconv

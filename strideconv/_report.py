@@ -1,0 +1,140 @@
+"""``strideconv.report``: every strided layer of a model, its count cell and backward deficit.
+
+The command line is ``python -m strideconv.report`` (strideconv/report.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from ._arguments import int_tuple_exact, same_padding
+from .factors import axis_alpha, axis_class_counts, axis_counts, pool_axis_counts
+
+__all__ = ["Layer", "Report", "report"]
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+
+
+class Layer(NamedTuple):
+    name: str
+    kind: str
+    input_size: tuple  # spatial
+    kernel: tuple
+    stride: tuple
+    padding: tuple
+    cell: str  # the repeating count pattern away from the borders
+    deficit: float  # mean count over K: Var[grad_input] relative to what Kaiming's n assumes
+    alpha: float  # the "map" scalar at the layer's power
+    correction: str
+
+
+class Report(list):
+    """A list of ``Layer`` rows; ``str()`` gives a Markdown table."""
+
+    def __str__(self) -> str:
+        head = ["layer", "type", "input", "kernel", "stride", "padding", "count cell",
+                "mean count / K", "alpha", "correction"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        fmt = lambda t: "x".join(str(v) for v in t)  # noqa: E731
+        for r in self:
+            lines.append(
+                f"| {r.name or '(model)'} | {r.kind} | {fmt(r.input_size)} | {fmt(r.kernel)} | "
+                f"{fmt(r.stride)} | {fmt(r.padding)} | {r.cell} | {r.deficit:.3f} | {r.alpha:.3f} | "
+                f"{r.correction} |"
+            )
+        if not self:
+            lines.append("| (no strided layer) |" + " |" * (len(head) - 1))
+        return "\n".join(lines)
+
+
+def _cell(kernel, stride, padding, dilation) -> str:
+    """n((i + p) mod s) per axis for one period of positions, as '[1 2; 2 4]' in 2-D."""
+    axes = []
+    for k, s, p, q in zip(kernel, stride, padding, dilation):
+        n = axis_class_counts(k, s, q)
+        axes.append([n[(i + p) % s] for i in range(s)])
+    if len(axes) == 2:
+        return "[" + "; ".join(" ".join(str(a * b) for b in axes[1]) for a in axes[0]) + "]"
+    return " x ".join("[" + " ".join(str(v) for v in a) + "]" for a in axes)
+
+
+def _settings(module, nd: int):
+    """(kernel, stride, padding, dilation, ceil_mode) of the count map a layer's backward has.
+    Non-zero padding modes pad the input first (``_input_size``), so the convolution itself
+    has no padding."""
+    expand = lambda v, name: int_tuple_exact(v, nd, name)  # noqa: E731
+    kernel = expand(module.kernel_size, "kernel_size")
+    if isinstance(module, _CONVS):
+        stride, dilation = expand(module.stride, "stride"), expand(module.dilation, "dilation")
+        if module.padding_mode != "zeros" or module.padding == "valid":
+            padding = (0,) * nd
+        elif module.padding == "same":
+            padding = tuple(before for before, _ in same_padding(kernel, stride, dilation))
+        else:
+            padding = expand(module.padding, "padding")
+        return kernel, stride, padding, dilation, False
+    stride = expand(module.stride if module.stride is not None else module.kernel_size, "stride")
+    return kernel, stride, expand(module.padding, "padding"), (1,) * nd, module.ceil_mode
+
+
+def _input_size(module, input, nd: int) -> tuple:
+    """The spatial size of the tensor the layer convolves: the input, padded first under a
+    non-zero padding mode, or by the odd extra that 'same' needs (as strideconv does)."""
+    size = tuple(input.shape[-nd:])
+    if not isinstance(module, _CONVS):
+        return size
+    if module.padding_mode != "zeros":  # torch pads (last dim first) by these, then convolves
+        pads = module._reversed_padding_repeated_twice
+        return tuple(L + pads[2 * (nd - 1 - d)] + pads[2 * (nd - 1 - d) + 1] for d, L in enumerate(size))
+    if module.padding == "same":
+        expand = lambda v, name: int_tuple_exact(v, nd, name)  # noqa: E731
+        pads = same_padding(expand(module.kernel_size, "kernel_size"), expand(module.stride, "stride"),
+                            expand(module.dilation, "dilation"))
+        return tuple(L + after - before for L, (before, after) in zip(size, pads))
+    return size
+
+
+def _ndim(module) -> int:
+    if isinstance(module, (nn.Conv3d, nn.AvgPool3d)):
+        return 3
+    return 2 if isinstance(module, (nn.Conv2d, nn.AvgPool2d)) else 1
+
+
+def report(model: nn.Module, example_input, min_stride: int = 2) -> Report:
+    """Run ``model`` once on ``example_input`` (no gradient) and list every convolution and
+    average pooling whose largest stride is at least ``min_stride``: one row per layer and
+    input size it was called at, with the count map its backward has."""
+    calls = {}  # (name, input size) -> module, in call order
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, _CONVS + _POOLS):
+            def hook(mod, args, name=name):
+                calls.setdefault((name, _input_size(mod, args[0], _ndim(mod))), mod)
+            handles.append(module.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            model(*example_input) if isinstance(example_input, tuple) else model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    rows = Report()
+    for (name, size), module in calls.items():
+        kernel, stride, padding, dilation, ceil_mode = _settings(module, len(size))
+        if max(stride) < min_stride:
+            continue
+        power = getattr(module, "power", 0.5)
+        K = math.prod(kernel)
+        mean_count, alpha = 1.0, 1.0
+        for L, k, s, p, q in zip(size, kernel, stride, padding, dilation):
+            c = pool_axis_counts(L, k, s, p, ceil_mode) if isinstance(module, _POOLS) else axis_counts(L, k, s, p, q)
+            mean_count *= sum(c) / max(L, 1)
+            alpha *= axis_alpha(c, k, power)
+        correction = getattr(module, "correction", "none (plain torch.nn)")
+        rows.append(Layer(name, type(module).__name__, size, kernel, stride, padding,
+                          _cell(kernel, stride, padding, dilation), mean_count / K, alpha, correction))
+    return rows

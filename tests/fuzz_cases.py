@@ -1,0 +1,249 @@
+"""Differential fuzz cases: random argument forms and settings, judged against torch itself.
+
+A case is drawn from a seed. ``run_case`` calls strideconv and ``torch.nn.functional`` /
+``torch.nn`` with the same arguments and returns the outcome class:
+
+* ``ok``: both ran; our output is bit-equal to torch's and our ``grad_input`` equals the
+  reference (the true gradient times the factor map of the expanded arguments);
+* ``same-error``: torch raised, and we raised the same exception type;
+* ``rejected``: a direct ``torch.ops.strideconv`` call with malformed arguments raised a
+  RuntimeError, ValueError or TypeError with a readable message;
+* ``accepted``: such a direct call succeeded (its arguments were legal after all);
+* anything else (``mismatch: ...``) is a failure. A crash is caught by the parent
+  (tests/test_fuzz.py), which runs the cases in a child process.
+
+Run as a script, it runs ``count`` cases from ``first`` and prints one JSON line per case,
+flushed before the next starts, so that the parent knows which case a crash ended.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import strideconv
+from reference import expected_grad_input
+
+PLAIN_F = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+OURS_F = {1: strideconv.functional.conv1d, 2: strideconv.functional.conv2d, 3: strideconv.functional.conv3d}
+PLAIN_M = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+OURS_M = {1: strideconv.Conv1d, 2: strideconv.Conv2d, 3: strideconv.Conv3d}
+CORRECTIONS = ("none", "map", "kernel", "position")
+
+
+def _form(rng: random.Random, values: list[int], nd: int, functional: bool):
+    """One of the forms torch accepts for an int list (all values equal when broadcast), or,
+    now and then, one it rejects. (torch.nn modules iterate a 0-d tensor and fail: that
+    form is drawn for the functional API only.)"""
+    v = values[0]
+    same = all(x == v for x in values)
+    r = rng.random()
+    if r < 0.04:
+        return rng.choice([float(v), True, None, (float(v),) * nd, (v,) * (nd + 1), ()])
+    if same:
+        forms = [v, (v,), [v], np.int64(v), np.int32(v), (np.int64(v),), tuple(values), list(values)]
+        return rng.choice(forms + [torch.tensor(v)] if functional else forms)
+    return rng.choice([tuple(values), list(values), tuple(np.int64(x) for x in values)])
+
+
+def draw_conv(rng: random.Random) -> dict:
+    """Random settings of one convolution call, mostly legal, some not."""
+    nd = rng.choice([1, 2, 2, 3])
+    api = rng.choice(["functional", "module"])
+    form = lambda values: _form(rng, values, nd, api == "functional")  # noqa: E731
+    groups = rng.choice([1, 1, 2, 3])
+    c_in, c_out = groups * rng.randint(1, 2), groups * rng.randint(1, 2)
+    same = rng.random() < 0.5  # one value broadcast over the dims
+    k = [rng.randint(1, 4)] * nd if same else [rng.randint(1, 4) for _ in range(nd)]
+    s = [rng.randint(1, 4)] * nd if same else [rng.randint(1, 4) for _ in range(nd)]
+    q = [rng.randint(1, 2)] * nd if same else [rng.randint(1, 2) for _ in range(nd)]
+    p = [rng.randint(0, 2)] * nd if same else [rng.randint(0, 2) for _ in range(nd)]
+    # mostly at least the dilated kernel, sometimes one short (torch refuses)
+    size = [max(1, qi * (ki - 1) + 1 - 2 * pi + rng.randint(-1, 5 if nd < 3 else 3)) for ki, qi, pi in zip(k, q, p)]
+    if rng.random() < 0.03:
+        s = [0] * nd  # rejected by torch
+    if rng.random() < 0.03:
+        p = [-1] * nd
+    padding, stride = form(p), form(s)
+    if rng.random() < 0.08:
+        padding = rng.choice(["same", "valid", "bogus"])
+        if padding == "same" and rng.random() < 0.7:
+            stride = rng.choice([1, (1,), [1] * nd])
+    return dict(
+        nd=nd, groups=rng.choice([groups, np.int64(groups)]) if rng.random() < 0.2 else groups,
+        c_in=c_in, c_out=c_out, kernel=k, stride=stride, padding=padding, dilation=form(q),
+        size=size, batch=rng.choice([0, 1, 2]) if rng.random() < 0.1 else rng.choice([1, 2]),
+        unbatched=rng.random() < 0.1, bias=rng.random() < 0.6,
+        dtype=rng.choice([torch.float32, torch.float64]),
+        layout=rng.choice(["contiguous", "contiguous", "channels_last", "strided"]),
+        correction=rng.choice(CORRECTIONS), power=rng.choice([0.5, 0.5, 1.0, 0.25, np.float32(0.5)]),
+        api=api,
+        # (torch's own circular 'same' padding pads fewer columns than it reports: string
+        # paddings are drawn with zero padding only)
+        padding_mode="zeros" if isinstance(padding, str) else rng.choice(
+            ["zeros", "zeros", "reflect", "replicate", "circular"]),
+        seed=rng.randrange(2**31),
+    )
+
+
+def _input(case: dict) -> torch.Tensor:
+    g = torch.Generator().manual_seed(case["seed"])
+    shape = ([] if case["unbatched"] else [case["batch"]]) + [case["c_in"]] + case["size"]
+    x = torch.randn(shape, generator=g, dtype=case["dtype"])
+    if case["layout"] == "channels_last" and case["nd"] == 2 and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif case["layout"] == "strided":
+        x = torch.randn(shape[:-1] + [2 * shape[-1]], generator=g, dtype=case["dtype"])[..., ::2]
+    return x
+
+
+def _expanded(value, nd: int) -> tuple:
+    if isinstance(value, (tuple, list)):
+        values = tuple(int(v) for v in value)
+        return values * nd if len(values) == 1 else values
+    return (int(value),) * nd
+
+
+def _reference_grad(case, x, weight, grad_out):
+    """grad_input from the definitions: the padded tensor's count map, chained through the pad."""
+    nd, padding = case["nd"], case["padding"]
+    stride, dilation = _expanded(case["stride"], nd), _expanded(case["dilation"], nd)
+    kernel = weight.shape[2:]
+    xr = x.detach().double().requires_grad_()
+    if case["api"] == "module" and case["padding_mode"] != "zeros":  # (string paddings use zeros)
+        # as torch.nn.ConvNd stores it: a one-value tuple pads the last dim only
+        stored = padding if isinstance(padding, (tuple, list)) else (padding,) * nd
+        pad_arg = [int(v) for v in reversed(stored) for _ in range(2)]
+        xp, conv_padding = F.pad(xr, pad_arg, mode=case["padding_mode"]), (0,) * nd
+    elif padding == "same":
+        extra = [(q * (k - 1)) % 2 for k, q in zip(kernel, dilation)]
+        xp = F.pad(xr, [v for e in reversed(extra) for v in (0, e)])
+        conv_padding = tuple(q * (k - 1) // 2 for k, q in zip(kernel, dilation))
+    else:
+        xp, conv_padding = xr, (0,) * nd if padding == "valid" else _expanded(padding, nd)
+    batched = x.dim() == nd + 2
+    xpb = xp if batched else xp.unsqueeze(0)
+    go = (grad_out if batched else grad_out.unsqueeze(0)).double()
+    g = expected_grad_input(case["correction"], float(case["power"]), xpb, weight, go, stride, conv_padding,
+                            dilation, int(case["groups"]))
+    (out,) = torch.autograd.grad(xpb, xr, g)
+    return out
+
+
+def _call(case, which: str, x, weight, bias):
+    nd = case["nd"]
+    args = (case["stride"], case["padding"], case["dilation"], case["groups"])
+    extra = {} if which == "plain" else dict(correction=case["correction"], power=case["power"])
+    if case["api"] == "functional":
+        return (PLAIN_F if which == "plain" else OURS_F)[nd](x, weight, bias, *args, **extra)
+    cls = (PLAIN_M if which == "plain" else OURS_M)[nd]
+    m = cls(case["c_in"], case["c_out"], weight.shape[2:], *args, bias=bias is not None,
+            padding_mode=case["padding_mode"], dtype=case["dtype"], **extra)
+    with torch.no_grad():
+        m.weight.copy_(weight)
+        if bias is not None:
+            m.bias.copy_(bias)
+    return m(x)
+
+
+def run_conv_case(case: dict) -> str:
+    g = torch.Generator().manual_seed(case["seed"] + 1)
+    x = _input(case)
+    w = torch.randn([case["c_out"], case["c_in"] // int(case["groups"])] + case["kernel"], generator=g,
+                    dtype=case["dtype"])
+    b = torch.randn(case["c_out"], generator=g, dtype=case["dtype"]) if case["bias"] else None
+    try:
+        expected = _call(case, "plain", x, w, b)
+    except Exception as exc:  # torch refuses: so must we, with the same exception type
+        try:
+            _call(case, "ours", x.requires_grad_(), w, b).sum().backward()
+        except Exception as ours:
+            if type(ours) is type(exc):
+                return "same-error"
+            return f"mismatch: torch {type(exc).__name__}, ours {type(ours).__name__}: {ours}"[:300]
+        return f"mismatch: torch raised {type(exc).__name__}: {exc}, ours ran"[:300]
+    xr = x.detach().clone().requires_grad_()
+    try:
+        out = _call(case, "ours", xr, w, b)
+    except Exception as exc:
+        return f"mismatch: torch ran, ours raised {type(exc).__name__}: {exc}"[:300]
+    if out.shape != expected.shape or not torch.equal(out, expected):
+        return "mismatch: forward differs from torch"
+    grad_out = torch.randn(out.shape, generator=g, dtype=case["dtype"])
+    (grad,) = torch.autograd.grad(out, xr, grad_out)
+    ref = _reference_grad(case, x, w, grad_out)
+    if not torch.isfinite(grad).all():
+        return "mismatch: non-finite grad_input"
+    tol = 1e-9 if case["dtype"] == torch.float64 else 1e-4
+    if not torch.allclose(grad.double(), ref, rtol=tol, atol=tol):
+        return f"mismatch: grad_input differs from the reference by {(grad.double() - ref).abs().max().item():.3g}"
+    return "ok"
+
+
+# ----- direct calls of the registered ops with malformed arguments ---------------------------
+
+def _list(rng: random.Random):
+    n = rng.choice([0, 1, 1, 2, 3, 4, 7])
+    return [rng.choice([1, 1, 1, 2, 2, 3, 0, -1, -3, 2**31, 2**40]) for _ in range(n)]
+
+
+def draw_direct(rng: random.Random) -> dict:
+    return dict(
+        op=rng.choice(["conv", "scale_weight", "scale_taps", "scale_border_", "scale_border"]),
+        rank=rng.choice([1, 2, 3, 4, 4, 5, 6]), sizes=[rng.randint(0, 5) for _ in range(6)],
+        lists=[_list(rng) for _ in range(4)], groups=rng.choice([-1, 0, 1, 2, 2**40]),
+        correction=rng.choice(["position", "kernel", "map", "none", "bogus", ""]),
+        power=rng.choice([0.5, 1.0, -1.0, 0.0, float("nan"), float("inf"), 1e-300, 40.0, 400.0]),
+        seed=rng.randrange(2**31), dtype=rng.choice(["float32", "float64", "float16", "int64"]),
+    )
+
+
+def run_direct_case(case: dict) -> str:
+    dtype = getattr(torch, case["dtype"])
+    shape = case["sizes"][: case["rank"]]
+    t = torch.ones(shape, dtype=dtype) if dtype == torch.int64 else torch.randn(shape).to(dtype)
+    w = torch.randn(shape[:2] + [min(v, 3) for v in shape[2:]]).to(dtype) if dtype != torch.int64 else t
+    ops = torch.ops.strideconv
+    a, b, c, d = case["lists"]
+    try:
+        if case["op"] == "conv":
+            ops.conv(t, w, None, a, b, c, case["groups"], case["correction"], case["power"])
+        elif case["op"] == "scale_weight":
+            ops.scale_weight(w, a, b, c, d, case["correction"], case["power"])
+        elif case["op"] == "scale_taps":
+            ops.scale_taps(w, a, b, case["power"])
+        elif case["op"] == "scale_border_":
+            ops.scale_border_(t, a, b, c, d, case["power"])
+        else:
+            ops.scale_border(t, a, b, c, d, case["power"])
+    except (RuntimeError, ValueError, TypeError) as exc:
+        message = str(exc)
+        if not message.isprintable() and not all(ch.isprintable() or ch in "\n\t" for ch in message):
+            return "mismatch: unreadable error message"
+        return "rejected"
+    except Exception as exc:
+        return f"mismatch: {type(exc).__name__}: {exc}"[:300]
+    return "accepted"
+
+
+def draw(seed: int, index: int) -> dict:
+    rng = random.Random(seed * 1_000_003 + index)
+    return ({"kind": "direct"} | draw_direct(rng)) if rng.random() < 0.25 else ({"kind": "conv"} | draw_conv(rng))
+
+
+def run_case(case: dict) -> str:
+    return run_direct_case(case) if case["kind"] == "direct" else run_conv_case(case)
+
+
+if __name__ == "__main__":
+    seed, first, count = (int(v) for v in sys.argv[1:4])
+    torch.set_num_threads(1)
+    for i in range(first, first + count):
+        outcome = run_case(draw(seed, i))
+        print(json.dumps({"index": i, "outcome": outcome}), flush=True)
