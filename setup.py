@@ -10,6 +10,7 @@ by torch.utils.cpp_extension; DEBUG=1 builds with -O0 -g.
 
 import glob
 import os
+import re
 import shutil
 import sys
 
@@ -18,14 +19,24 @@ from setuptools import find_packages, setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+def _version():
+    """The one version, strideconv.__version__, read without importing the package (whose
+    compiled part this script builds)."""
+    with open(os.path.join(ROOT, "strideconv", "__init__.py")) as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
+
 def _toolkit_root(path):
     """The CUDA toolkit folder (the one holding bin/nvcc and include/)."""
     return path if path and os.path.isfile(os.path.join(path, "include", "cuda_runtime.h")) else None
 
 
 def _find_cuda_home():
-    # The nvcc found on PATH may be a launcher script outside the toolkit, so
-    # check that the guessed root really holds the toolkit's headers.
+    # torch.utils.cpp_extension guesses CUDA_HOME from the nvcc on PATH too, but takes
+    # the folder above it on trust: where nvcc is a launcher script outside the toolkit,
+    # that guess has no headers and the CUDA build fails.
+    # So: guess the same way, keep the guess only if it holds the toolkit's headers, and
+    # hand it to cpp_extension through CUDA_HOME before it is imported.
     for candidate in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")):
         if candidate:
             return candidate
@@ -102,11 +113,11 @@ def extensions():
 
 setup(
     name="strideconv",
-    version="0.1.0",
+    version=_version(),
     description="Strided convolutions whose input gradient is corrected for uneven kernel coverage",
     packages=find_packages(include=["strideconv", "strideconv.*"]),
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
-    install_requires=["torch>=2.4"],
+    install_requires=["torch>=2.11"],  # tested: 2.11 and 2.13 (CPU suite), 2.14.1 (CUDA build)
 )

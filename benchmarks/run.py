@@ -36,7 +36,7 @@ except ImportError:  # progress bar is optional
 CORRECTIONS = ["none", "map", "kernel", "position"]
 
 
-# ----- 1. gradient variance (SPEC section 6) ------------------------------------------------
+# ----- 1. gradient variance (one strided layer, Kaiming's prediction) ----------------------
 
 def grouped_conv(x, w, stride, padding, groups, correction, power=0.5):
     """Independent draws side by side as groups; correction None is plain F.conv2d."""
@@ -351,7 +351,7 @@ def report(meta, var_rows, draws, speed_rows, speed_meta, pics, overhead_rows=()
         "# strideconv benchmark report", "",
         f"- date: {meta['date']}", f"- machine: {meta['machine']}", f"- torch {meta['torch']}",
         f"- device: {meta['device']}", f"- command: `{meta['command']}`", "",
-        "## Gradient variance (SPEC section 6)", "",
+        "## Gradient variance (one strided layer)", "",
         f"Weights and inputs N(0, 1), no padding, ReLU between layers, upstream gradient N(0, 1); "
         f"mean over {draws} independent draws. Kaiming predicts Var[y_L] = Var[dx_1] = n^L / 2^(L-1), "
         "n = k*k*c.", "",

@@ -1,4 +1,4 @@
-"""Independent references, built from plain PyTorch ops and the SPEC definitions only."""
+"""Independent references, built from plain PyTorch ops and the definitions of docs/design.md only."""
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ def interior_counts(size, kernel, stride, padding, dilation):
 
 
 def expected_grad_input(correction, power, x, w, grad_out, stride, padding, dilation, groups):
-    """grad_input of SPEC section 3, from the true gradient of F.conv{1,2,3}d and the count map."""
+    """grad_input as docs/design.md ("Corrections") defines it, from the true gradient of F.conv{1,2,3}d and the count map."""
     x = x.detach().double().requires_grad_()
     w = w.detach().double()
     grad_out = grad_out.double()

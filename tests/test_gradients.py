@@ -1,4 +1,4 @@
-"""The forward equals F.conv2d; the backward equals SPEC section 3, for every correction."""
+"""The forward equals F.conv2d; the backward equals the corrections of docs/design.md, for every correction."""
 
 import math
 
@@ -171,7 +171,7 @@ def test_property_random_configurations(k, s, p, q, extra, groups, correction, p
 
 
 def test_input_gradient_variance_is_restored():
-    """SPEC section 6 at small scale: one strided layer, c = 3, k = 4, stride 2, image 32.
+    """The gradient-variance experiment (README, benchmarks/run.py) at small scale: one strided layer, c = 3, k = 4, stride 2, image 32.
 
     Independent draws run side by side as groups. Kaiming predicts Var[dx] = k*k*c = 48; plain
     convolution gives about 48 / (k*k / (k/s)^2) = 12 (less at the borders); "position" gives 48
