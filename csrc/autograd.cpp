@@ -26,24 +26,24 @@ using torch::autograd::variable_list;
 
 // ----- saved arguments ------------------------------------------------------------------------
 
-// The checked options of a conv call, kept in the context under their own
-// names (values the forward checked, read back by name).
-void save_options(AutogradContext* ctx, const ConvOptions& o, bool has_bias) {
-  ctx->saved_data["stride"] = o.stride_list();
-  ctx->saved_data["padding"] = o.padding_list();
-  ctx->saved_data["dilation"] = o.dilation_list();
-  ctx->saved_data["groups"] = o.groups;
-  ctx->saved_data["correction"] = static_cast<int64_t>(o.correction);
-  ctx->saved_data["power"] = o.power;
-  ctx->saved_data["has_bias"] = has_bias;
-}
-
+// The checked options of a conv call, kept in the context under their own names
+// (values the forward checked; read back by name, never by offset).
 struct SavedConv {
   std::vector<int64_t> stride, padding, dilation;
   int64_t groups;
   Correction correction;
   double power;
   bool has_bias;
+
+  static void save(AutogradContext* ctx, const ConvOptions& o, bool has_bias) {
+    ctx->saved_data["stride"] = o.stride_list();
+    ctx->saved_data["padding"] = o.padding_list();
+    ctx->saved_data["dilation"] = o.dilation_list();
+    ctx->saved_data["groups"] = o.groups;
+    ctx->saved_data["correction"] = static_cast<int64_t>(o.correction);
+    ctx->saved_data["power"] = o.power;
+    ctx->saved_data["has_bias"] = has_bias;
+  }
 
   explicit SavedConv(AutogradContext* ctx)
       : stride(ctx->saved_data["stride"].toIntVector()),
@@ -57,17 +57,17 @@ struct SavedConv {
 
 // The int[] arguments and power of a scale_weight or scale_border call, whose
 // forward (the registered op) checked them.
-void save_scaling(AutogradContext* ctx, at::IntArrayRef stride, at::IntArrayRef padding,
-                  at::IntArrayRef dilation, double power) {
-  ctx->saved_data["stride"] = stride;
-  ctx->saved_data["padding"] = padding;
-  ctx->saved_data["dilation"] = dilation;
-  ctx->saved_data["power"] = power;
-}
-
 struct SavedScaling {
   std::vector<int64_t> stride, padding, dilation;
   double power;
+
+  static void save(AutogradContext* ctx, at::IntArrayRef stride, at::IntArrayRef padding,
+                   at::IntArrayRef dilation, double power) {
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["padding"] = padding;
+    ctx->saved_data["dilation"] = dilation;
+    ctx->saved_data["power"] = power;
+  }
 
   explicit SavedScaling(AutogradContext* ctx)
       : stride(ctx->saved_data["stride"].toIntVector()),
@@ -100,10 +100,10 @@ class ConvFunction : public torch::autograd::Function<ConvFunction> {
     at::Tensor output =
         call_conv(input, weight, bias, stride, padding, dilation, groups, correction, power);
     ctx->save_for_backward({input, weight});
-    save_options(ctx,
-                 conv_options(weight.dim() - 2, stride, padding, dilation, groups,
-                              parse_correction(correction), power),
-                 bias.has_value() && bias->defined());
+    SavedConv::save(ctx,
+                    conv_options(weight.dim() - 2, stride, padding, dilation, groups,
+                                 parse_correction(correction), power),
+                    bias.has_value() && bias->defined());
     return output;
   }
 
@@ -165,7 +165,7 @@ class ScaleWeightFunction : public torch::autograd::Function<ScaleWeightFunction
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     at::Tensor out =
         call_scale_weight(weight, input_size, stride, padding, dilation, correction, power);
-    save_scaling(ctx, stride, padding, dilation, power);
+    SavedScaling::save(ctx, stride, padding, dilation, power);
     ctx->saved_data["input_size"] = input_size;
     ctx->saved_data["correction"] = std::string(correction);
     return out;
@@ -210,7 +210,7 @@ class ScaleBorderFunction : public torch::autograd::Function<ScaleBorderFunction
       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, double power) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     at::Tensor out = call_scale_border(grad, kernel_size, stride, padding, dilation, power);
-    save_scaling(ctx, stride, padding, dilation, power);
+    SavedScaling::save(ctx, stride, padding, dilation, power);
     ctx->saved_data["kernel_size"] = kernel_size;
     return out;
   }

@@ -13,10 +13,10 @@ from torch import nn
 
 from ._arguments import int_tuple_exact, same_padding
 from .factors import axis_alpha, axis_class_counts, axis_counts, pool_axis_counts
+from .modules import TORCH_CONVS
 
 __all__ = ["Layer", "Report", "report"]
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 
 
@@ -63,40 +63,30 @@ def _cell(kernel, stride, padding, dilation) -> str:
     return " x ".join("[" + " ".join(str(v) for v in a) + "]" for a in axes)
 
 
-def _settings(module, nd: int):
-    """(kernel, stride, padding, dilation, ceil_mode) of the count map a layer's backward has.
-    Non-zero padding modes pad the input first (``_input_size``), so the convolution itself
-    has no padding."""
+def _geometry(module, input, nd: int):
+    """(size, kernel, stride, padding, dilation, ceil_mode) of the count map a layer's backward
+    has: the spatial size of the tensor it convolves (the input, padded first under a non-zero
+    padding mode, or by the odd extra that 'same' needs, as strideconv does) and the padding
+    the convolution itself adds."""
     expand = lambda v, name: int_tuple_exact(v, nd, name)  # noqa: E731
-    kernel = expand(module.kernel_size, "kernel_size")
-    if isinstance(module, _CONVS):
-        stride, dilation = expand(module.stride, "stride"), expand(module.dilation, "dilation")
-        if module.padding_mode != "zeros" or module.padding == "valid":
-            padding = (0,) * nd
-        elif module.padding == "same":
-            padding = tuple(before for before, _ in same_padding(kernel, stride, dilation))
-        else:
-            padding = expand(module.padding, "padding")
-        return kernel, stride, padding, dilation, False
-    stride = expand(module.stride if module.stride is not None else module.kernel_size, "stride")
-    return kernel, stride, expand(module.padding, "padding"), (1,) * nd, module.ceil_mode
-
-
-def _input_size(module, input, nd: int) -> tuple:
-    """The spatial size of the tensor the layer convolves: the input, padded first under a
-    non-zero padding mode, or by the odd extra that 'same' needs (as strideconv does)."""
     size = tuple(input.shape[-nd:])
-    if not isinstance(module, _CONVS):
-        return size
+    kernel = expand(module.kernel_size, "kernel_size")
+    if not isinstance(module, TORCH_CONVS):  # average pooling
+        stride = expand(module.stride if module.stride is not None else module.kernel_size, "stride")
+        return size, kernel, stride, expand(module.padding, "padding"), (1,) * nd, module.ceil_mode
+    stride, dilation = expand(module.stride, "stride"), expand(module.dilation, "dilation")
+    no_padding = (0,) * nd
     if module.padding_mode != "zeros":  # torch pads (last dim first) by these, then convolves
         pads = module._reversed_padding_repeated_twice
-        return tuple(L + pads[2 * (nd - 1 - d)] + pads[2 * (nd - 1 - d) + 1] for d, L in enumerate(size))
+        size = tuple(L + pads[2 * (nd - 1 - d)] + pads[2 * (nd - 1 - d) + 1] for d, L in enumerate(size))
+        return size, kernel, stride, no_padding, dilation, False
+    if module.padding == "valid":
+        return size, kernel, stride, no_padding, dilation, False
     if module.padding == "same":
-        expand = lambda v, name: int_tuple_exact(v, nd, name)  # noqa: E731
-        pads = same_padding(expand(module.kernel_size, "kernel_size"), expand(module.stride, "stride"),
-                            expand(module.dilation, "dilation"))
-        return tuple(L + after - before for L, (before, after) in zip(size, pads))
-    return size
+        pads = same_padding(kernel, stride, dilation)
+        size = tuple(L + after - before for L, (before, after) in zip(size, pads))
+        return size, kernel, stride, tuple(before for before, _ in pads), dilation, False
+    return size, kernel, stride, expand(module.padding, "padding"), dilation, False
 
 
 def _ndim(module) -> int:
@@ -109,12 +99,12 @@ def report(model: nn.Module, example_input, min_stride: int = 2) -> Report:
     """Run ``model`` once on ``example_input`` (no gradient) and list every convolution and
     average pooling whose largest stride is at least ``min_stride``: one row per layer and
     input size it was called at, with the count map its backward has."""
-    calls = {}  # (name, input size) -> module, in call order
+    calls = {}  # (name, geometry) -> module, in call order
     handles = []
     for name, module in model.named_modules():
-        if isinstance(module, _CONVS + _POOLS):
+        if isinstance(module, TORCH_CONVS + _POOLS):
             def hook(mod, args, name=name):
-                calls.setdefault((name, _input_size(mod, args[0], _ndim(mod))), mod)
+                calls.setdefault((name, _geometry(mod, args[0], _ndim(mod))), mod)
             handles.append(module.register_forward_pre_hook(hook))
     try:
         with torch.no_grad():
@@ -123,8 +113,7 @@ def report(model: nn.Module, example_input, min_stride: int = 2) -> Report:
         for h in handles:
             h.remove()
     rows = Report()
-    for (name, size), module in calls.items():
-        kernel, stride, padding, dilation, ceil_mode = _settings(module, len(size))
+    for (name, (size, kernel, stride, padding, dilation, ceil_mode)), module in calls.items():
         if max(stride) < min_stride:
             continue
         power = getattr(module, "power", 0.5)

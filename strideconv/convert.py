@@ -8,14 +8,13 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ._arguments import check_correction, check_power
-from .modules import AvgPool2d, Conv1d, Conv2d, Conv3d
+from .modules import TORCH_CONVS, AvgPool2d, Conv1d, Conv2d, Conv3d
 
 __all__ = ["convert", "revert"]
 
-_TO_OURS = {nn.Conv1d: Conv1d, nn.Conv2d: Conv2d, nn.Conv3d: Conv3d}
+_TO_OURS = dict(zip(TORCH_CONVS, (Conv1d, Conv2d, Conv3d)))
 _TO_PLAIN = {ours: plain for plain, ours in _TO_OURS.items()}
 _TO_PLAIN[AvgPool2d] = nn.AvgPool2d
-_LAZY = (nn.LazyConv1d, nn.LazyConv2d, nn.LazyConv3d)
 
 
 def _base_class(module: nn.Module) -> type:
@@ -85,9 +84,8 @@ def convert(model: nn.Module, correction: str = "position", power: float = 0.5, 
     def make(module):
         cls = _TO_OURS.get(_base_class(module))
         if cls is None:
-            if isinstance(module, _LAZY) or (
-                isinstance(module, tuple(_TO_OURS)) and not isinstance(module, (Conv1d, Conv2d, Conv3d))
-            ):
+            # other subclasses of the torch.nn convolutions, lazy ones included
+            if isinstance(module, TORCH_CONVS) and not isinstance(module, (Conv1d, Conv2d, Conv3d)):
                 skipped.append(f"{names.get(id(module))} ({type(module).__name__})")
             return None
         if max(module.stride) < min_stride:

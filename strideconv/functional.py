@@ -51,8 +51,7 @@ def _conv_nd(input, weight, bias, stride, padding, dilation, groups, correction,
             f"input of size: {list(input.shape)}"
         )
     stride, dilation = int_tuple(stride, nd, "stride"), int_tuple(dilation, nd, "dilation")
-    if type(groups) is not int:
-        groups = int_arg(groups, "groups")
+    groups = int_arg(groups, "groups")
     if isinstance(padding, str):
         input, padding = _string_padding(input, weight, padding, stride, dilation, nd)
     else:

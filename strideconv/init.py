@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.init import calculate_gain
 
 from ._arguments import int_arg, int_tuple_exact
+from .modules import TORCH_CONVS
 
 __all__ = [
     "Fans",
@@ -35,7 +36,6 @@ __all__ = [
     "xavier_normal_",
     "xavier_uniform_",
 ]
-
 
 
 class Fans(NamedTuple):
@@ -51,7 +51,7 @@ def fans(weight: Union[torch.Tensor, nn.Module], stride=1, dilation=1, groups: i
     stride, dilation and groups are then used (the keyword arguments are ignored).
     """
     if isinstance(weight, nn.Module):
-        if not isinstance(weight, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        if not isinstance(weight, TORCH_CONVS):
             raise ValueError(f"fans() takes a weight tensor or a Conv1d/2d/3d module, got {type(weight).__name__}")
         stride, dilation, groups = weight.stride, weight.dilation, weight.groups
         weight = weight.weight
@@ -153,7 +153,7 @@ def init_convs_(model: nn.Module, mode: str = "fan_out", nonlinearity: str = "re
         raise ValueError(f"distribution must be 'normal' or 'uniform', got {distribution!r}")
     draw = kaiming_normal_ if distribution == "normal" else kaiming_uniform_
     for module in model.modules():
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        if isinstance(module, TORCH_CONVS):
             draw(module.weight, a, mode, nonlinearity, generator,
                  stride=module.stride, dilation=module.dilation, groups=module.groups)
             if zero_bias and module.bias is not None:

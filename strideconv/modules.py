@@ -13,6 +13,8 @@ from .functional import _conv_nd, avg_pool2d
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "AvgPool2d"]
 
+TORCH_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)  # what strideconv's convolutions replace
+
 
 class _Corrected:
     """The two settings every strideconv module adds to its torch.nn base."""
@@ -21,10 +23,10 @@ class _Corrected:
     power: float
 
     def _set_correction(self, correction: str, power: float) -> None:
-        """Store the settings, checked (the constructors check them before building the base
-        module too, so that nothing is drawn from the RNG for a module that is refused)."""
-        self.correction = check_correction(correction)
-        self.power = check_power(power)
+        """Store the settings, which the constructors check before building the base module
+        (so that nothing is drawn from the RNG for a module that is refused)."""
+        self.correction = correction
+        self.power = power
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, correction={self.correction!r}, power={self.power}"
@@ -52,7 +54,7 @@ class _ConvNd(_Corrected):
         correction: str = "position",
         power: float = 0.5,
     ) -> None:
-        check_correction(correction), check_power(power)  # before any parameter is drawn
+        correction, power = check_correction(correction), check_power(power)  # before any draw
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
             padding_mode, device, dtype,
@@ -101,6 +103,7 @@ class _ConvNd(_Corrected):
             )
         return self
 
+
 _CONV_DOC = """Drop-in for ``torch.nn.Conv{nd}d`` whose backward corrects ``grad_input``.
 
     Same arguments, defaults, parameters, initial weights, ``state_dict`` and forward output as
@@ -143,7 +146,7 @@ class AvgPool2d(_Corrected, nn.AvgPool2d):
         correction: str = "position",
         power: float = 0.5,
     ) -> None:
-        check_correction(correction), check_power(power)
+        correction, power = check_correction(correction), check_power(power)
         super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
         self._set_correction(correction, power)
 
