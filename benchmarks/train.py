@@ -46,13 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import strideconv
-from run import describe  # benchmarks/run.py
-
-try:
-    from tqdm import tqdm
-except ImportError:  # progress bar is optional
-    def tqdm(iterable=None, **kwargs):
-        return iterable
+from common import accuracy_table, describe, mean_std, tqdm
 
 VARIANTS: List[Tuple[str, Optional[str], float]] = [  # (name, correction, power); None = torch.nn
     ("plain", None, 0.5),
@@ -327,10 +321,6 @@ def run_jobs(jobs, device, workers):
 
 # ----- summary, report, plots -------------------------------------------------------------------
 
-def mean_std(values: List[float]) -> Tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def collect(raw, settings, inits):
     """raw[(setting, variant)] -> per run results; regroup per init, runs in seed order."""
     table = {}
@@ -366,17 +356,6 @@ def relative_profile(rows: List[List[float]]) -> List[float]:
     return [statistics.fmean(row[i] / rows[-1][i] for i in alive) if alive else math.nan for row in rows]
 
 
-def summary(results: List[dict]) -> List[str]:
-    """Final test accuracy (%) of every (setting, init) and variant, mean ± std over seeds."""
-    variants = [v for v, _, _ in VARIANTS]
-    cells = {(r["setting"], r["init"], r["variant"]): mean_std([100 * a for a in r["final_acc"]]) for r in results}
-    lines = ["| setting | init | " + " | ".join(variants) + " |", "|---|---" + "|---" * len(variants) + "|"]
-    for setting, init in dict.fromkeys((r["setting"], r["init"]) for r in results):
-        lines.append(f"| {setting} | {init} | " + " | ".join(
-            "{:.1f} ± {:.1f}".format(*cells[(setting, init, v)]) for v in variants) + " |")
-    return lines
-
-
 def report(meta, settings, inits, table, seeds, plots) -> str:
     lines = [
         "# strideconv training report", "",
@@ -387,7 +366,7 @@ def report(meta, settings, inits, table, seeds, plots) -> str:
         "weights and the minibatch order, the same for every variant; `Δ` is the mean paired difference "
         "to `plain` (same seed, same init) ± its standard deviation. Hyperparameters are fixed per "
         "setting and shared by all variants.", "",
-    ] + summary(as_rows(table))
+    ] + accuracy_table(as_rows(table))
     for s in settings:
         lines += ["", f"## {s.name}", "", f"{s.note}. Layers (in, out, kernel, stride, padding): "
                   f"{', '.join(str(l) for l in s.layers)}; {s.steps} steps, batch {s.batch}.", ""]

@@ -1,0 +1,117 @@
+"""What every benchmark script shares: the description of a run, timing, and table helpers.
+
+No benchmark module imports another's script; they all import this one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import List, Tuple
+
+import torch
+
+try:
+    from tqdm import tqdm
+except ImportError:  # progress bar is optional
+    def tqdm(iterable=None, **kwargs):
+        return iterable
+
+CORRECTIONS = ["none", "map", "kernel", "position"]
+
+
+# ----- description ----------------------------------------------------------------------------
+
+def describe(device: str, script: str, argv) -> dict:
+    """Date, machine, torch, device and the command line (less --out) of a benchmark run."""
+    args = list(argv if argv is not None else sys.argv[1:])
+    if "--out" in args:
+        del args[args.index("--out"):args.index("--out") + 2]
+    args = [a for a in args if not a.startswith("--out=")]
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "CPU"
+    return dict(date=datetime.date.today().isoformat(),
+                machine=f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+                torch=torch.__version__, device=f"{device}: {name}", command=" ".join(["python", script] + args))
+
+
+# ----- timing ---------------------------------------------------------------------------------
+
+class Timer:
+    """Wall time of a callable: CUDA events on the GPU, perf_counter after a sync elsewhere."""
+
+    def __init__(self, device):
+        self.cuda = device.startswith("cuda")
+
+    def __call__(self, fn, reps):
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(reps):
+                fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3 / reps
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - t0) / reps
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed buffers (up to 32 MiB) instead of returning them to the OS.
+
+    Otherwise, after some rounds, every large allocation is a fresh mapping that page-faults
+    again; which rounds depends on glibc's adaptive threshold, so CPU timings of the same code
+    jump by 20-30% from round to round. It applies to every variant alike.
+    """
+    name = ctypes.util.find_library("c")
+    if not name or platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_threshold = -1, -3  # from malloc.h
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
+def interleaved_medians(train, fwd, timer, rounds, reps):
+    """Median seconds per call of every variant, fwd+bwd ("train") and forward-only ("fwd"),
+    after one warm-up call each (cuDNN picks its algorithms); rounds are interleaved, every
+    variant once per round, so that drifts of the machine hit all variants alike."""
+    for fn in list(train.values()) + list(fwd.values()):
+        fn()
+    times = {(kind, n): [] for kind in ("train", "fwd") for n in train}
+    for _ in rounds:
+        for n in train:
+            times[("train", n)].append(timer(train[n], reps))
+            times[("fwd", n)].append(timer(fwd[n], reps))
+    return {key: statistics.median(v) for key, v in times.items()}
+
+
+# ----- tables ---------------------------------------------------------------------------------
+
+def fmt(v, digits=2):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def mean_std(values: List[float]) -> Tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def accuracy_table(results: List[dict]) -> List[str]:
+    """Final test accuracy (%) of every (setting, init) and variant of a training run (the rows
+    train.json stores), mean ± std over seeds; variants in the order they appear."""
+    variants = list(dict.fromkeys(r["variant"] for r in results))
+    cells = {(r["setting"], r["init"], r["variant"]): mean_std([100 * a for a in r["final_acc"]]) for r in results}
+    lines = ["| setting | init | " + " | ".join(variants) + " |", "|---|---" + "|---" * len(variants) + "|"]
+    for setting, init in dict.fromkeys((r["setting"], r["init"]) for r in results):
+        lines.append(f"| {setting} | {init} | " + " | ".join(
+            "{:.1f} ± {:.1f}".format(*cells[(setting, init, v)]) for v in variants) + " |")
+    return lines

@@ -1,0 +1,175 @@
+"""Speed and peak memory of strideconv against F.conv2d and a hand-written hook, on the
+strided layers of common networks; and the fixed cost per call."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import nullcontext
+from typing import List
+
+import torch
+import torch.nn.functional as F
+
+import strideconv
+from strideconv.functional import conv2d
+
+from common import CORRECTIONS, Timer, fmt, interleaved_medians, keep_freed_memory, tqdm
+
+# name, in, out, kernel, stride, padding, input size, input needs grad
+SHAPES = [
+    ("ResNet-50 stem 7x7/2", 3, 64, 7, 2, 3, 224, False),
+    ("ResNet-50 3x3/2", 128, 128, 3, 2, 1, 56, True),
+    ("ResNet-50 1x1/2 shortcut", 256, 512, 1, 2, 0, 56, True),
+    ("ViT-B/16 patch 16x16/16", 3, 768, 16, 16, 0, 224, False),
+    ("ViT-B/16 patch, input grad", 3, 768, 16, 16, 0, 224, True),
+    ("ConvNeXt stem 4x4/4", 3, 96, 4, 4, 0, 224, False),
+    ("ConvNeXt stem, input grad", 3, 96, 4, 4, 0, 224, True),
+    ("CIFAR 3x3/2", 64, 128, 3, 2, 1, 32, True),
+]
+
+
+def make_variants(x, w, b, s, p, need_input, factor_map):
+    inputs = (x, w, b) if need_input else (w, b)
+
+    def plain_fwd():
+        return F.conv2d(x, w, b, s, p)
+
+    def ours_fwd(correction):
+        return lambda: conv2d(x, w, b, s, p, correction=correction)
+
+    def hook_fwd():
+        xi = x.view_as(x)  # a fresh non-leaf each call, so hooks do not pile up
+        if need_input:
+            xi.register_hook(lambda g: g * factor_map)
+        return F.conv2d(xi, w, b, s, p)
+
+    fwds = {"F.conv2d": plain_fwd, "hook": hook_fwd}
+    fwds.update({c: ours_fwd(c) for c in CORRECTIONS})
+
+    def train_step(fwd):
+        def step():
+            y = fwd()
+            return torch.autograd.grad(y, inputs, grad_out)
+        return step
+
+    def fwd_only(fwd):
+        def step():
+            with torch.no_grad():
+                return fwd()
+        return step
+
+    grad_out = torch.randn_like(plain_fwd().detach())
+    return {k: train_step(f) for k, f in fwds.items()}, {k: fwd_only(f) for k, f in fwds.items()}
+
+
+def speed_suite(device, quick):
+    cuda = device.startswith("cuda")
+    kept = False if cuda else keep_freed_memory()
+    batch = (8 if quick else 32) if cuda else (1 if quick else 2)
+    rounds, reps = (3, 2) if quick else ((15, 10) if cuda else (15, 3))
+    modes = [("float32", False, torch.contiguous_format)]
+    if cuda:
+        modes += [("bf16 autocast", True, torch.contiguous_format), ("float32", False, torch.channels_last),
+                  ("bf16 autocast", True, torch.channels_last)]
+    shapes = SHAPES[:3] if quick else SHAPES
+    rows = []
+    timer = Timer(device)
+    for dtype_name, autocast, memory_format in modes:
+        for name, cin, cout, k, s, p, size, need_input in tqdm(
+            shapes, desc=f"speed {dtype_name} {'channels_last' if memory_format is torch.channels_last else ''}",
+            file=sys.stdout,
+        ):
+            if quick:
+                size = min(size, 64)
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(batch, cin, size, size, generator=gen).to(device, memory_format=memory_format)
+            w = torch.randn(cout, cin, k, k, generator=gen).div_((cin * k * k) ** 0.5)
+            w = w.to(device, memory_format=memory_format).requires_grad_()
+            b = torch.zeros(cout, device=device, requires_grad=True)
+            x.requires_grad_(need_input)
+            factor_map = strideconv.correction_factors((size, size), k, s, p).position
+            factor_map = factor_map.to(device, torch.bfloat16 if autocast else torch.float32)
+            ctx = torch.autocast(device.split(":")[0], torch.bfloat16) if autocast else nullcontext()
+            with ctx:
+                train, fwd = make_variants(x, w, b, s, p, need_input, factor_map)
+                names = list(train)
+                med = interleaved_medians(train, fwd, timer, range(rounds), reps)
+                memory = peak_memory(train, names, device) if cuda else {}
+            for n in names:
+                rows.append(dict(
+                    shape=name, dtype=dtype_name,
+                    layout="channels_last" if memory_format is torch.channels_last else "contiguous",
+                    batch=batch, variant=n, input_grad=need_input,
+                    train_s=med[("train", n)], fwd_s=med[("fwd", n)],
+                    train_ratio=med[("train", n)] / med[("train", "F.conv2d")],
+                    fwd_ratio=med[("fwd", n)] / med[("fwd", "F.conv2d")],
+                    peak_mem_ratio=memory.get(n),
+                ))
+    return rows, dict(batch=batch, rounds=rounds, reps=reps, malloc_kept=kept)
+
+
+def overhead_table(device, quick):
+    """Per-call cost where the arithmetic is negligible (a 1x1x5x5 input, 3x3 kernel, stride 2):
+    what the Python wrapper, the operator call, the autograd node and the extra kernels cost,
+    in microseconds, next to F.conv2d. On a GPU, this is what small, launch-bound layers pay."""
+    rounds, reps = (3, 20) if quick else (15, 200)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 1, 5, 5, generator=gen).to(device).requires_grad_()
+    w = torch.randn(1, 1, 3, 3, generator=gen).to(device).requires_grad_()
+    b = torch.zeros(1, device=device, requires_grad=True)
+    factor_map = strideconv.correction_factors((5, 5), 3, 2, 1).position.to(device, torch.float32)
+    train, fwd = make_variants(x, w, b, 2, 1, True, factor_map)
+    rounds_bar = tqdm(range(rounds), desc="per-call overhead", file=sys.stdout)
+    med = {key: t * 1e6 for key, t in interleaved_medians(train, fwd, Timer(device), rounds_bar, reps).items()}
+    return [dict(variant=n, fwd_us=med[("fwd", n)], train_us=med[("train", n)],
+                 fwd_extra_us=med[("fwd", n)] - med[("fwd", "F.conv2d")],
+                 train_extra_us=med[("train", n)] - med[("train", "F.conv2d")]) for n in train], \
+        dict(rounds=rounds, reps=reps)
+
+
+def peak_memory(train, names, device):
+    out = {}
+    for n in names:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        train[n]()
+        torch.cuda.synchronize(device)
+        out[n] = torch.cuda.max_memory_allocated(device) - base
+    ref = out["F.conv2d"]
+    return {n: (v / ref if ref else None) for n, v in out.items()}
+
+
+def report_section(rows, meta, overhead_rows=(), overhead_meta=None) -> List[str]:
+    """The speed and memory table and the per-call overhead table, as Markdown lines."""
+    lines = [
+        "## Speed and memory", "",
+        f"Batch {meta['batch']}; medians of {meta['rounds']} interleaved rounds of "
+        f"{meta['reps']} calls each. Ratios are to `F.conv2d` in the same run (1.00 = same "
+        "time). fwd+bwd computes every gradient that is needed (no input gradient for a first "
+        "layer). `hook` = F.conv2d plus a tensor hook multiplying the input gradient by the "
+        "precomputed position factor map. Peak memory: CUDA allocator peak during fwd+bwd, relative "
+        "to F.conv2d (not measured on CPU)."
+        + (" On CPU, glibc was asked (mallopt) to keep freed buffers, so that no round pays for "
+           "fresh page faults that others do not." if meta.get("malloc_kept") else ""), "",
+        "| shape | dtype | layout | input grad | variant | fwd+bwd ms | fwd+bwd ratio | fwd ratio | peak mem ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['shape']} | {r['dtype']} | {r['layout']} | {'yes' if r['input_grad'] else 'no'} | "
+                     f"{r['variant']} | {r['train_s'] * 1e3:.3f} | {fmt(r['train_ratio'], 3)} | "
+                     f"{fmt(r['fwd_ratio'], 3)} | {fmt(r['peak_mem_ratio'], 3)} |")
+    if overhead_rows:
+        lines += [
+            "", "## Per-call overhead", "",
+            "A 1x1x5x5 input, 3x3 kernel, stride 2, padding 1: the arithmetic is negligible, so this is "
+            "the fixed cost of each call (Python wrapper, operator dispatch, autograd node, extra kernel "
+            f"launches). Microseconds per call, medians of {overhead_meta['rounds']} interleaved rounds "
+            f"of {overhead_meta['reps']} calls; fwd is under no_grad, fwd+bwd computes all three gradients.", "",
+            "| variant | fwd us | fwd+bwd us | fwd extra us | fwd+bwd extra us |",
+            "|---|---|---|---|---|",
+        ]
+        for r in overhead_rows:
+            lines.append(f"| {r['variant']} | {r['fwd_us']:.1f} | {r['train_us']:.1f} | "
+                         f"{r['fwd_extra_us']:+.1f} | {r['train_extra_us']:+.1f} |")
+    return lines
