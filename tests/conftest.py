@@ -1,12 +1,7 @@
 import pytest
-import torch
 
 import strideconv  # noqa: F401  (fails loudly if the extension is not built)
-
-HAS_CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (none visible)")
-
-DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+from helpers import DEVICES
 
 
 @pytest.fixture(params=DEVICES)

@@ -129,3 +129,18 @@ def test_direct_op_calls_broadcast_one_value_lists_as_aten():
     assert torch.equal(short, full)
     y = torch.ops.strideconv.conv(x, w, None, [2], [1], [1], 1, "position", 0.5)
     assert torch.equal(y, F.conv2d(x, w, None, 2, 1))
+
+
+def test_compiled_op_checks_its_own_arguments():
+    x, w = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3)
+    with pytest.raises(ValueError, match="correction must be one of"):
+        torch.ops.strideconv.conv(x, w, None, [1, 1], [0, 0], [1, 1], 1, "bogus", 0.5)
+    with pytest.raises(ValueError, match="positive finite"):
+        torch.ops.strideconv.scale_border_(x.clone(), [3, 3], [2, 2], [1, 1], [1, 1], -1.0)
+    with pytest.raises(ValueError, match=r"every stride value in \[1, 2\^31 - 1\]"):
+        torch.ops.strideconv.scale_border_(x.clone(), [3, 3], [0, 2], [1, 1], [1, 1], 0.5)
+    with pytest.raises(ValueError, match="stride to be a single value or a list of 2 values"):
+        torch.ops.strideconv.scale_weight(w, [8, 8], [2, 2, 2], [1, 1], [1, 1], "kernel", 0.5)
+    with pytest.raises(RuntimeError, match="more than one element"):
+        torch.ops.strideconv.scale_border_(torch.ones(1, 1, 1, 1).expand(2, 3, 8, 8), [3, 3], [2, 2],
+                                           [1, 1], [1, 1], 0.5)

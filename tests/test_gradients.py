@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import strideconv
+from helpers import operands
 from reference import expected_grad_input
 from strideconv.functional import conv2d
 
@@ -33,11 +34,7 @@ CASES = [
 
 def make(case, device, dtype=torch.float64, bias=True, seed=0):
     cin, cout, k, s, p, q, g, size = case
-    gen = torch.Generator().manual_seed(seed)
-    k2 = (k, k) if isinstance(k, int) else k
-    x = torch.randn((2, cin) + size, generator=gen, dtype=dtype).to(device)
-    w = torch.randn((cout, cin // g) + k2, generator=gen, dtype=dtype).to(device)
-    b = torch.randn(cout, generator=gen, dtype=dtype).to(device) if bias else None
+    x, w, b = operands(cin, cout, k, size, g, device, dtype, bias, seed)
     return x, w, b, dict(stride=s, padding=p, dilation=q, groups=g)
 
 
@@ -206,3 +203,53 @@ def test_power_changes_only_input_gradient_scale():
         (g[power],) = torch.autograd.grad(y, x, torch.ones_like(y))
     assert not torch.allclose(g[0.5], g[1.0])
     assert math.isfinite(g[1.0].abs().max().item())
+
+
+# ----- double backward ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("power", [0.5, 1.0])
+@pytest.mark.parametrize("correction", strideconv.CORRECTIONS)
+def test_gradgradcheck_every_correction(correction, power, device):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 9, 8, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    w = torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    b = torch.randn(4, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    fn = lambda x, w, b: conv2d(x, w, b, 2, 1, correction=correction, power=power)  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, (x, w, b))
+
+
+def factor_input(x, factor):
+    """Plain ops only: forward is x, the gradient reaching x is multiplied by ``factor``
+    (a constant), at any order of differentiation."""
+    return x * factor - (x * factor).detach() + x.detach()
+
+
+@pytest.mark.parametrize("correction", ["position", "map"])
+def test_gradient_penalty_step_matches_plain_pytorch_reference(correction, device):
+    """WGAN-GP / R1: the norm of the input gradient in the loss, one optimiser step."""
+    torch.manual_seed(0)
+    layers = [(3, 8, 3, 2, 1), (8, 8, 4, 2, 1)]
+    weights = [(torch.randn(o, i, k, k, dtype=torch.float64, device=device) * 0.3).requires_grad_()
+               for i, o, k, _, _ in layers]
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64, device=device, requires_grad=True)
+
+    def critic(x, ours):
+        h = x
+        for w, (_, _, k, s, p) in zip(weights, layers):
+            if ours:
+                h = conv2d(h, w, None, s, p, correction=correction)
+            else:
+                f = strideconv.correction_factors(h.shape[2:], k, s, p)
+                factor = f.position if correction == "position" else torch.full(f.counts.shape, f.map, dtype=torch.float64)
+                h = F.conv2d(factor_input(h, factor.to(h)), w, None, s, p)
+            h = F.softplus(h)
+        return h.mean(dim=(1, 2, 3))
+
+    results = []
+    for ours in (True, False):
+        out = critic(x, ours)
+        (gx,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+        loss = out.mean() + 10 * gx.flatten(1).norm(dim=1).sub(1).square().mean()
+        results.append(torch.autograd.grad(loss, weights))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

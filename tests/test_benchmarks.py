@@ -1,4 +1,5 @@
-"""benchmarks/train.py: the side-by-side runs are separate networks, and --quick runs end to end."""
+"""The benchmarks: benchmarks/run.py --quick runs end to end and measures what it claims;
+benchmarks/train.py's side-by-side runs are separate networks, and its --quick runs end to end."""
 
 import json
 import os
@@ -14,6 +15,8 @@ pytest.importorskip("mnist1d", reason="benchmarks/train.py needs mnist1d (requir
 pytest.importorskip("sklearn", reason="benchmarks/train.py needs scikit-learn (requirements-dev.txt)")
 
 
+# The benchmark scripts import their shared module (common.py) from their folder (they are
+# scripts, not a package): so does this test.
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import train as T  # noqa: E402  benchmarks/train.py
 
@@ -101,3 +104,27 @@ def test_train_quick_run(tmp_path):
     assert profile[("plain", "kaiming")][0] < 0.4
     for key in [("plain", "kaiming-stride"), ("position", "kaiming")]:
         assert all(0.6 < v < 1.4 for v in profile[key]), (key, profile[key])
+
+
+def test_benchmark_quick_run(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = (tmp_path / "report.md").read_text()
+    assert "## Gradient variance" in report and "## Speed and memory" in report
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = {(r["setting"], r["stride"], r["variant"]): r for r in results["variance"]}
+    # plain stride-4 patchify loses a factor k*k = 16 of Kaiming's variance; "position" restores it
+    plain = rows[("1 layer, c=3, k=4, image 100", 4, "F.conv2d")]
+    fixed = rows[("1 layer, c=3, k=4, image 100", 4, "position")]
+    assert plain["var_dx"] / plain["kaiming"] < 0.1
+    assert 0.8 < fixed["var_dx"] / fixed["kaiming"] < 1.2
+    assert {r["variant"] for r in results["speed"]} >= {"F.conv2d", "hook", "none", "map", "kernel", "position"}
+    assert "## Per-call overhead" in report
+    overhead = {r["variant"]: r for r in results["overhead"]}
+    assert set(overhead) == {"F.conv2d", "hook", "none", "map", "kernel", "position"}
+    assert overhead["F.conv2d"]["train_extra_us"] == 0 and all(r["train_us"] > 0 for r in overhead.values())
+    for name in ("variance_k3_s2.png", "variance_k4_s4.png"):
+        assert (tmp_path / name).stat().st_size > 10_000

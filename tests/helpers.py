@@ -1,0 +1,29 @@
+"""Test helpers shared by the test files (the references are in reference.py)."""
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (none visible)")
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+
+
+def same_error(call_plain, call_ours):
+    """Assert that the plain PyTorch call and ours fail alike: same exception type and message."""
+    errors = []
+    for call in (call_plain, call_ours):
+        with pytest.raises(Exception) as info:
+            call()
+        errors.append(info.value)
+    assert type(errors[0]) is type(errors[1]), errors
+    assert str(errors[0]) == str(errors[1])
+
+
+def operands(cin, cout, kernel, size, groups=1, device="cpu", dtype=torch.float64, bias=True, seed=0, batch=2):
+    """A seeded input (batch, cin, *size), weight (cout, cin / groups, *kernel) and bias."""
+    gen = torch.Generator().manual_seed(seed)
+    kernel = (kernel,) * len(size) if isinstance(kernel, int) else tuple(kernel)
+    x = torch.randn((batch, cin) + tuple(size), generator=gen, dtype=dtype).to(device)
+    w = torch.randn((cout, cin // groups) + kernel, generator=gen, dtype=dtype).to(device)
+    b = torch.randn(cout, generator=gen, dtype=dtype).to(device) if bias else None
+    return x, w, b

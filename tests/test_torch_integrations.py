@@ -1,0 +1,235 @@
+"""PyTorch integrations: torch.compile, torch.export, autocast, channels_last,
+DistributedDataParallel, determinism, TorchScript and ONNX."""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import strideconv
+from helpers import needs_cuda
+
+
+def small_cnn(correction="position", dtype=torch.float32, device="cpu", seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        strideconv.Conv2d(3, 8, 4, 4, correction=correction),  # patchify stem
+        nn.ReLU(),
+        strideconv.Conv2d(8, 16, 3, 2, 1, correction=correction),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, 1, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    ).to(device, dtype)
+
+
+def grads_of(model, x):
+    x = x.detach().clone().requires_grad_()
+    y = model(x)
+    grads = torch.autograd.grad(y.square().sum(), [x] + list(model.parameters()))
+    return y.detach(), grads
+
+
+# ----- torch.compile ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_compile_fullgraph_matches_eager(dynamic, device):
+    torch._dynamo.reset()
+    model = small_cnn(device=device)
+    compiled = torch.compile(model, fullgraph=True, dynamic=dynamic)
+    sizes = [32, 48] if dynamic else [32]
+    for size in sizes:  # with dynamic=True the second size reuses the symbolic graph
+        x = torch.randn(2, 3, size, size, device=device)
+        y0, g0 = grads_of(model, x)
+        y1, g1 = grads_of(compiled, x)
+        torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-5)
+        for a, b in zip(g1, g0):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ----- torch.export ---------------------------------------------------------------------------
+
+def test_export_keeps_the_op_dynamic_shapes_and_save_load(tmp_path, device):
+    model = small_cnn(device=device)
+    x = torch.randn(2, 3, 32, 32, device=device)
+    size = torch.export.Dim("size", min=4, max=128)
+    exported = torch.export.export(model, (x,), dynamic_shapes={"input": {2: 4 * size, 3: 4 * size}})
+    targets = [n.target for n in exported.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.strideconv.conv.default) == 2  # the op, not a decomposition
+
+    path = tmp_path / "model.pt2"
+    torch.export.save(exported, str(path))
+    loaded = torch.export.load(str(path)).module()
+    for size in (32, 44):  # the traced size and another one of the symbolic range
+        x = torch.randn(2, 3, size, size, device=device)
+        y0, g0 = grads_of(model, x)
+        y1, g1 = grads_of(loaded, x)
+        torch.testing.assert_close(y1, y0, rtol=0, atol=0)  # the forward is the same kernels
+        for a, b in zip(g1, g0):  # the input gradient is the corrected one, as in eager
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ----- autocast -------------------------------------------------------------------------------
+
+AUTOCAST = [("cpu", torch.bfloat16), pytest.param("cuda", torch.float16, marks=needs_cuda),
+            pytest.param("cuda", torch.bfloat16, marks=needs_cuda)]
+
+
+@pytest.mark.parametrize("device, dtype", AUTOCAST)
+def test_autocast_matches_nn_conv2d_and_a_float32_reference(device, dtype):
+    torch.manual_seed(0)
+    plain = nn.Conv2d(8, 16, 3, 2, 1).to(device)
+    ours = strideconv.Conv2d(8, 16, 3, 2, 1).to(device)
+    ours.load_state_dict(plain.state_dict())
+    x = torch.randn(4, 8, 20, 20, device=device, requires_grad=True)
+    with torch.autocast(device, dtype=dtype):
+        y0, y = plain(x), ours(x)
+    assert y.dtype == y0.dtype == dtype
+    assert torch.equal(y, y0)
+    g = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, ours.weight), g)
+    assert gx.dtype == torch.float32 and gw.dtype == torch.float32  # cast back, as nn.Conv2d's
+    assert torch.isfinite(gx).all() and torch.isfinite(gw).all()
+    # float32 reference: the corrected gradient of the same layer without autocast
+    y32 = ours(x)
+    gx32, gw32 = torch.autograd.grad(y32, (x, ours.weight), g.float())
+    tol = 2e-2 if dtype == torch.bfloat16 else 4e-3
+    assert (gx - gx32).norm() <= tol * gx32.norm()
+    assert (gw - gw32).norm() <= tol * gw32.norm()
+
+
+# ----- channels_last --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("correction", strideconv.CORRECTIONS)
+def test_channels_last_same_results_and_memory_format(correction, device):
+    torch.manual_seed(0)  # float64: no TF32, so both layouts agree to rounding
+    plain = nn.Conv2d(6, 8, 3, 2, 1).to(device, torch.float64).to(memory_format=torch.channels_last)
+    ours = strideconv.Conv2d(6, 8, 3, 2, 1, correction=correction).to(device, torch.float64)
+    ours.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 6, 15, 14, device=device, dtype=torch.float64)
+    y_ref = ours(x)
+    g = torch.randn_like(y_ref)
+    gx_ref = torch.autograd.grad(ours(x.requires_grad_()), x, g)[0]
+    ours = ours.to(memory_format=torch.channels_last)
+    xc = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    y, y0 = ours(xc), plain(xc)
+    assert y.is_contiguous(memory_format=torch.channels_last) == y0.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    gx = torch.autograd.grad(y, xc, g)[0]
+    gx0 = torch.autograd.grad(y0, xc, g)[0]
+    assert gx.is_contiguous(memory_format=torch.channels_last) == gx0.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-10, atol=1e-10)
+
+
+# ----- DistributedDataParallel ----------------------------------------------------------------
+
+def _ddp_worker(rank, world, port, path):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model = small_cnn(dtype=torch.float64)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    data = torch.load(path + ".data")
+    for x, y in data:
+        part = x.shape[0] // world
+        xs, ys = x[rank * part:(rank + 1) * part], y[rank * part:(rank + 1) * part]
+        opt.zero_grad()
+        F.cross_entropy(ddp(xs), ys).backward()
+        opt.step()
+    if rank == 0:
+        torch.save(model.state_dict(), path + ".ddp")
+    dist.barrier()  # neither rank tears gloo down while the other still uses it
+    dist.destroy_process_group()
+
+
+def test_ddp_two_gloo_processes_equal_one_process_on_the_whole_batch(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    gen = torch.Generator().manual_seed(0)
+    data = [(torch.randn(8, 3, 16, 16, generator=gen, dtype=torch.float64), torch.randint(0, 5, (8,), generator=gen))
+            for _ in range(3)]
+    path = str(tmp_path / "run")
+    torch.save(data, path + ".data")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, path), nprocs=2, join=True)
+    model = small_cnn(dtype=torch.float64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for x, y in data:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    ddp_state = torch.load(path + ".ddp")
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(ddp_state[name], value, rtol=1e-10, atol=1e-12)
+
+
+# ----- determinism ----------------------------------------------------------------------------
+
+def test_deterministic_algorithms_give_bitwise_equal_gradients(device):
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        x = torch.randn(4, 3, 32, 32, device=device)
+        runs = [grads_of(small_cnn(device=device), x) for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    (y0, g0), (y1, g1) = runs
+    assert torch.equal(y0, y1)
+    assert all(torch.equal(a, b) for a, b in zip(g0, g1))
+
+
+# ----- TorchScript and ONNX -------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs", [dict(stride=2), dict(stride=(2,), padding=1),
+                                    dict(stride=2, padding=1, padding_mode="reflect"),
+                                    dict(stride=2, padding="valid")])
+def test_jit_script_conv_same_output_and_corrected_gradient(kwargs):
+    torch.manual_seed(0)
+    conv = strideconv.Conv2d(2, 3, 3, **kwargs)
+    scripted = torch.jit.script(conv)
+    for x in (torch.randn(2, 2, 9, 9), torch.randn(2, 9, 9)):  # batched and unbatched
+        x = x.requires_grad_()
+        y0, y1 = conv(x), scripted(x)
+        assert torch.equal(y1, y0)
+        (g0,) = torch.autograd.grad(y0.sum(), x)
+        (g1,) = torch.autograd.grad(y1.sum(), x)
+        torch.testing.assert_close(g1, g0)
+    (true,) = torch.autograd.grad(nn.Conv2d._conv_forward(conv, x, conv.weight, conv.bias).sum(), x)
+    assert not torch.allclose(g1, true)  # the scripted module corrects too
+
+
+def test_jit_script_refusals_name_revert():
+    with pytest.raises(RuntimeError, match="revert"):
+        torch.jit.script(strideconv.Conv2d(2, 3, 3, padding="same"))
+    with pytest.raises(RuntimeError, match="revert"):
+        torch.jit.script(nn.Sequential(strideconv.AvgPool2d(2)))
+    scripted = torch.jit.script(strideconv.revert(nn.Sequential(strideconv.AvgPool2d(2))))
+    x = torch.randn(1, 1, 4, 4)
+    assert torch.equal(scripted(x), F.avg_pool2d(x, 2))
+
+
+@pytest.mark.parametrize("dynamo", [True, False])
+def test_onnx_export_of_a_converted_model_is_a_standard_conv(tmp_path, dynamo):
+    onnx = pytest.importorskip("onnx", reason="onnx is in requirements-dev.txt")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is in requirements-dev.txt")
+    if dynamo:
+        pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript")
+    model = strideconv.convert(small_cnn(correction="none")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    path = str(tmp_path / "model.onnx")
+    torch.onnx.export(model, (x,), path, dynamo=dynamo)
+    ops = [node.op_type for node in onnx.load(path).graph.node]
+    assert ops.count("Conv") == 3 and not any("strideconv" in op for op in ops)
+    session = ort.InferenceSession(path)
+    (y,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(y), model(x).detach(), rtol=1e-4, atol=1e-5)
