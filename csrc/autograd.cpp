@@ -26,34 +26,18 @@ using torch::autograd::variable_list;
 
 // ----- saved arguments ------------------------------------------------------------------------
 
-// The checked options of a conv call, kept in the context under their own names
-// (values the forward checked; read back by name, never by offset).
-struct SavedConv {
-  std::vector<int64_t> stride, padding, dilation;
-  int64_t groups;
-  Correction correction;
-  double power;
-  bool has_bias;
+// The checked options of a conv call, kept in the context as two entries (see
+// encode_options) and read back as a typed ConvOptions; and whether the call had a
+// bias (without one, the node has no bias edge to ask needs_input_grad about).
+void save_options(AutogradContext* ctx, const ConvOptions& o, bool has_bias) {
+  ctx->saved_data["options"] = encode_options(o);
+  ctx->saved_data["power"] = o.power;
+  ctx->saved_data["has_bias"] = has_bias;
+}
 
-  static void save(AutogradContext* ctx, const ConvOptions& o, bool has_bias) {
-    ctx->saved_data["stride"] = o.stride_list();
-    ctx->saved_data["padding"] = o.padding_list();
-    ctx->saved_data["dilation"] = o.dilation_list();
-    ctx->saved_data["groups"] = o.groups;
-    ctx->saved_data["correction"] = static_cast<int64_t>(o.correction);
-    ctx->saved_data["power"] = o.power;
-    ctx->saved_data["has_bias"] = has_bias;
-  }
-
-  explicit SavedConv(AutogradContext* ctx)
-      : stride(ctx->saved_data["stride"].toIntVector()),
-        padding(ctx->saved_data["padding"].toIntVector()),
-        dilation(ctx->saved_data["dilation"].toIntVector()),
-        groups(ctx->saved_data["groups"].toInt()),
-        correction(static_cast<Correction>(ctx->saved_data["correction"].toInt())),
-        power(ctx->saved_data["power"].toDouble()),
-        has_bias(ctx->saved_data["has_bias"].toBool()) {}
-};
+ConvOptions load_options(AutogradContext* ctx) {
+  return decode_options(ctx->saved_data["options"].toIntVector(), ctx->saved_data["power"].toDouble());
+}
 
 // The int[] arguments and power of a scale_weight or scale_border call, whose
 // forward (the registered op) checked them.
@@ -100,10 +84,10 @@ class ConvFunction : public torch::autograd::Function<ConvFunction> {
     at::Tensor output =
         call_conv(input, weight, bias, stride, padding, dilation, groups, correction, power);
     ctx->save_for_backward({input, weight});
-    SavedConv::save(ctx,
-                    conv_options(weight.dim() - 2, stride, padding, dilation, groups,
-                                 parse_correction(correction), power),
-                    bias.has_value() && bias->defined());
+    save_options(ctx,
+                 conv_options(weight.dim() - 2, stride, padding, dilation, groups,
+                              parse_correction(correction), power),
+                 bias.has_value() && bias->defined());
     return output;
   }
 
@@ -111,11 +95,11 @@ class ConvFunction : public torch::autograd::Function<ConvFunction> {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& input = saved[0];
     const at::Tensor& weight = saved[1];
-    const SavedConv o(ctx);
+    const ConvOptions o = load_options(ctx);
 
     const bool need_input = ctx->needs_input_grad(0);
     const bool need_weight = ctx->needs_input_grad(1);
-    const bool need_bias = o.has_bias && ctx->needs_input_grad(2);
+    const bool need_bias = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2);
     const bool corrected = need_input && o.correction != Correction::None;
     const auto kernel_size = weight.sizes().slice(2);
     // Without create_graph nothing here needs a graph: call the kernels below
@@ -124,30 +108,32 @@ class ConvFunction : public torch::autograd::Function<ConvFunction> {
 
     at::Tensor w = weight;
     if (corrected &&
-        (o.correction == Correction::Map || !taps_trivial(kernel_size, o.stride, o.dilation))) {
+        (o.correction == Correction::Map ||
+         !taps_trivial(kernel_size, o.stride_list(), o.dilation_list()))) {
       std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
       if (!differentiable) below_autograd.emplace();
-      w = call_scale_weight(weight, input.sym_sizes().slice(2), o.stride, o.padding, o.dilation,
-                            correction_name(o.correction), o.power);
+      w = call_scale_weight(weight, input.sym_sizes().slice(2), o.stride_list(), o.padding_list(),
+                            o.dilation_list(), correction_name(o.correction), o.power);
     }
     // The bias has one entry per output channel.
     const c10::SymInt bias_size = weight.sym_size(0);
     std::optional<c10::SymIntArrayRef> bias_sizes;
-    if (o.has_bias) bias_sizes = c10::SymIntArrayRef(&bias_size, 1);
-    const std::vector<c10::SymInt> output_padding(o.stride.size(), 0);
+    if (need_bias) bias_sizes = c10::SymIntArrayRef(&bias_size, 1);
+    const std::vector<c10::SymInt> output_padding(o.ndim, 0);
     auto [grad_input, grad_weight, grad_bias] = at::convolution_backward_symint(
-        grads[0], input, w, bias_sizes, c10::fromIntArrayRefSlow(o.stride),
-        c10::fromIntArrayRefSlow(o.padding), c10::fromIntArrayRefSlow(o.dilation),
+        grads[0], input, w, bias_sizes, c10::fromIntArrayRefSlow(o.stride_list()),
+        c10::fromIntArrayRefSlow(o.padding_list()), c10::fromIntArrayRefSlow(o.dilation_list()),
         /*transposed=*/false, output_padding, c10::SymInt(o.groups),
         {need_input, need_weight, need_bias});
 
     if (corrected && o.correction == Correction::Position) {
       if (differentiable) {  // create_graph=True: keep it differentiable
-        grad_input = call_scale_border(grad_input, kernel_size, o.stride, o.padding, o.dilation,
-                                       o.power);
+        grad_input = call_scale_border(grad_input, kernel_size, o.stride_list(), o.padding_list(),
+                                       o.dilation_list(), o.power);
       } else {  // grad_input is a fresh tensor: scale its border band in place
         at::AutoDispatchBelowADInplaceOrView below_autograd;
-        call_scale_border_(grad_input, kernel_size, o.stride, o.padding, o.dilation, o.power);
+        call_scale_border_(grad_input, kernel_size, o.stride_list(), o.padding_list(),
+                           o.dilation_list(), o.power);
       }
     }
     return {grad_input, grad_weight, grad_bias, at::Tensor(), at::Tensor(),

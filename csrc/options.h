@@ -9,6 +9,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
+#include <vector>
+
 #include "band.h"
 
 namespace strideconv {
@@ -35,6 +37,13 @@ struct ConvOptions {
   at::IntArrayRef padding_list() const { return {padding, static_cast<size_t>(ndim)}; }
   at::IntArrayRef dilation_list() const { return {dilation, static_cast<size_t>(ndim)}; }
 };
+
+// A ConvOptions as one int list, [ndim, stride, padding, dilation, groups,
+// correction], and back: an autograd context stores it in one entry (a string-keyed
+// hash-map insert per entry, once per training step). decode_options checks the
+// layout and values it reads; nothing else reads the list.
+std::vector<int64_t> encode_options(const ConvOptions& o);
+ConvOptions decode_options(at::IntArrayRef encoded, double power);
 
 // `ndim` spatial dims: 1 to 3.
 ConvOptions conv_options(

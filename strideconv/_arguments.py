@@ -34,8 +34,12 @@ def int_arg(value, name: str):
 def int_tuple(value, nd: int, name: str) -> tuple:
     """``value`` as one int per spatial dim, broadcasting one value as torch does. Other
     lengths are returned as they are, for the operator (ATen) to reject in torch's words."""
-    if type(value) is tuple and len(value) == nd and all(type(v) is int for v in value):
-        return value  # the common case first: modules store full-length tuples of ints
+    if type(value) is tuple and len(value) == nd:  # the common case first: modules store these
+        for v in value:
+            if type(v) is not int:
+                break
+        else:
+            return value
     if isinstance(value, (tuple, list)):
         ints = tuple(int_arg(v, name) for v in value)
         return ints * nd if len(ints) == 1 else ints
@@ -67,6 +71,8 @@ def check_power(power) -> float:
     dynamic shapes) can be checked too; NaN fails both comparisons. Whether its factors fit
     the gradient's dtype depends on the layer and is checked by the operator.
     """
+    if type(power) is float and 0 < power < math.inf:
+        return power  # the common case first (a module's stored power): on every call's path
     if isinstance(power, torch.Tensor) and power.dim() == 0 and power.is_floating_point():
         power = power.item()
     if isinstance(power, bool) or not isinstance(power, (Real, torch.SymFloat)) or not 0 < power < math.inf:

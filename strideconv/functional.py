@@ -16,6 +16,7 @@ __all__ = ["conv1d", "conv2d", "conv3d", "avg_pool2d"]
 _conv_op = torch.ops.strideconv.conv.default
 _has_torch_function = torch.overrides.has_torch_function_variadic
 _is_compiling = torch.compiler.is_compiling
+_is_tracing = torch._C._is_tracing
 _in_onnx_export = torch.onnx.is_in_onnx_export
 _PLAIN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -56,14 +57,17 @@ def _conv_nd(input, weight, bias, stride, padding, dilation, groups, correction,
         input, padding = _string_padding(input, weight, padding, stride, dilation, nd)
     else:
         padding = int_tuple(padding, nd, "padding")
-    if _in_onnx_export():  # the forward is the plain convolution: export it as a standard Conv
-        return _PLAIN[nd](input, weight, bias, stride, padding, dilation, groups)
     batched = dim == nd + 2
+    # torch.ops while torch.compile or torch.export traces (dynamo sees the op), while
+    # torch.jit traces, or when a __torch_function__ override is in play; otherwise the
+    # unboxed binding of the same operator.
+    call = _C.conv
+    if _is_compiling() or _is_tracing() or _has_torch_function(input, weight, bias):
+        if _in_onnx_export():  # ONNX exporters trace: give them the plain convolution, a standard Conv
+            return _PLAIN[nd](input, weight, bias, stride, padding, dilation, groups)
+        call = _conv_op
     if not batched:
         input = input.unsqueeze(0)
-    # torch.ops while torch.compile traces (dynamo sees the op) or a __torch_function__
-    # override is in play; otherwise the unboxed binding of the same operator.
-    call = _conv_op if _is_compiling() or _has_torch_function(input, weight, bias) else _C.conv
     out = call(input, weight, bias, stride, padding, dilation, groups, correction, power)
     return out if batched else out.squeeze(0)
 
