@@ -39,7 +39,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few draws, small shapes")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
-    parser.add_argument("--skip", nargs="*", default=[], choices=["variance", "pictures", "speed", "overhead"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["variance", "pictures", "speed", "pool", "overhead"])
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device")
@@ -50,6 +50,7 @@ def main(argv=None):
     pics = variance.pictures(args.out, args.device, args.quick) if "pictures" not in args.skip else []
     speed_rows, speed_meta = (speed.speed_suite(args.device, args.quick) if "speed" not in args.skip
                               else ([], dict(batch=0, rounds=0, reps=0)))
+    pool_rows = speed.pool_table(args.device, args.quick) if "pool" not in args.skip else []
     overhead_rows, overhead_meta = (speed.overhead_table(args.device, args.quick) if "overhead" not in args.skip
                                     else ([], None))
     lines = [
@@ -58,13 +59,13 @@ def main(argv=None):
         f"- device: {meta['device']}", f"- command: `{meta['command']}`", "",
     ]
     lines += variance.report_section(var_rows, draws, pics) + [""]
-    lines += speed.report_section(speed_rows, speed_meta, overhead_rows, overhead_meta)
+    lines += speed.report_section(speed_rows, speed_meta, overhead_rows, overhead_meta, pool_rows)
     text = "\n".join(lines + training_section(args.out)) + "\n"
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write(text)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(dict(meta=meta, variance=var_rows, draws=draws, speed=speed_rows, speed_meta=speed_meta,
-                       overhead=overhead_rows, overhead_meta=overhead_meta), f, indent=1)
+                       pool=pool_rows, overhead=overhead_rows, overhead_meta=overhead_meta), f, indent=1)
     print(text)
     print(f"wrote {args.out}/report.md, results.json and {len(pics)} pictures")
 

@@ -108,6 +108,37 @@ def speed_suite(device, quick):
     return rows, dict(batch=batch, rounds=rounds, reps=reps, malloc_kept=kept)
 
 
+# name, channels, kernel, stride, padding, input size
+POOLS = [
+    ("DenseNet transition 2x2/2", 128, 2, 2, 0, 56),
+    ("ResNet-D shortcut 2x2/2", 256, 2, 2, 0, 56),
+    ("3x3/2, padding 1", 64, 3, 2, 1, 56),
+]
+
+
+def pool_table(device, quick):
+    """fwd+bwd time of strideconv.functional.avg_pool2d against F.avg_pool2d: the pooling
+    correction multiplies the whole input gradient by a cached factor map (one elementwise
+    pass), where the convolutions touch only the border band."""
+    cuda = device.startswith("cuda")
+    batch = (8 if quick else 32) if cuda else (1 if quick else 2)
+    rounds, reps = (3, 2) if quick else ((15, 10) if cuda else (15, 3))
+    timer, rows = Timer(device), []
+    for name, c, k, s, p, size in (POOLS[:1] if quick else POOLS):
+        x = torch.randn(batch, c, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+        x.requires_grad_()
+        grad_out = torch.randn_like(F.avg_pool2d(x.detach(), k, s, p))
+        calls = {"F.avg_pool2d": lambda: F.avg_pool2d(x, k, s, p)}
+        calls.update({c_: (lambda c_: lambda: strideconv.functional.avg_pool2d(x, k, s, p, correction=c_))(c_)
+                      for c_ in CORRECTIONS})
+        train = {n: (lambda f: lambda: torch.autograd.grad(f(), x, grad_out))(f) for n, f in calls.items()}
+        fwd = {n: (lambda f: lambda: f().detach())(f) for n, f in calls.items()}
+        med = interleaved_medians(train, fwd, timer, range(rounds), reps)
+        rows += [dict(shape=name, batch=batch, variant=n, train_s=med[("train", n)],
+                      train_ratio=med[("train", n)] / med[("train", "F.avg_pool2d")]) for n in calls]
+    return rows
+
+
 def overhead_table(device, quick):
     """Per-call cost where the arithmetic is negligible (a 1x1x5x5 input, 3x3 kernel, stride 2):
     what the Python wrapper, the operator call, the autograd node and the extra kernels cost,
@@ -140,8 +171,9 @@ def peak_memory(train, names, device):
     return {n: (v / ref if ref else None) for n, v in out.items()}
 
 
-def report_section(rows, meta, overhead_rows=(), overhead_meta=None) -> List[str]:
-    """The speed and memory table and the per-call overhead table, as Markdown lines."""
+def report_section(rows, meta, overhead_rows=(), overhead_meta=None, pool_rows=()) -> List[str]:
+    """The speed and memory table, the pooling table and the per-call overhead table, as
+    Markdown lines."""
     lines = [
         "## Speed and memory", "",
         f"Batch {meta['batch']}; medians of {meta['rounds']} interleaved rounds of "
@@ -159,6 +191,17 @@ def report_section(rows, meta, overhead_rows=(), overhead_meta=None) -> List[str
         lines.append(f"| {r['shape']} | {r['dtype']} | {r['layout']} | {'yes' if r['input_grad'] else 'no'} | "
                      f"{r['variant']} | {r['train_s'] * 1e3:.3f} | {fmt(r['train_ratio'], 3)} | "
                      f"{fmt(r['fwd_ratio'], 3)} | {fmt(r['peak_mem_ratio'], 3)} |")
+    if pool_rows:
+        lines += [
+            "", "## Average pooling", "",
+            "`strideconv.functional.avg_pool2d` against `F.avg_pool2d`, fwd+bwd with the input gradient, same "
+            "rounds as above. Every pooling correction multiplies the whole input gradient by a cached "
+            "factor map (pooling has no weight to tap-scale), so it costs one elementwise pass.", "",
+            "| shape | batch | variant | fwd+bwd ms | ratio |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [f"| {r['shape']} | {r['batch']} | {r['variant']} | {r['train_s'] * 1e3:.3f} | {r['train_ratio']:.3f} |"
+                  for r in pool_rows]
     if overhead_rows:
         lines += [
             "", "## Per-call overhead", "",

@@ -122,6 +122,9 @@ def test_benchmark_quick_run(tmp_path):
     assert plain["var_dx"] / plain["kaiming"] < 0.1
     assert 0.8 < fixed["var_dx"] / fixed["kaiming"] < 1.2
     assert {r["variant"] for r in results["speed"]} >= {"F.conv2d", "hook", "none", "map", "kernel", "position"}
+    assert "## Average pooling" in report
+    assert {r["variant"] for r in results["pool"]} == {"F.avg_pool2d", "none", "map", "kernel", "position"}
+    assert all(r["train_s"] > 0 for r in results["pool"])
     assert "## Per-call overhead" in report
     overhead = {r["variant"]: r for r in results["overhead"]}
     assert set(overhead) == {"F.conv2d", "hook", "none", "map", "kernel", "position"}
