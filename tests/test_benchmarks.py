@@ -18,20 +18,23 @@ pytest.importorskip("sklearn", reason="benchmarks/train.py needs scikit-learn (r
 # The benchmark scripts import their shared module (common.py) from their folder (they are
 # scripts, not a package): so does this test.
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-import train as T  # noqa: E402  benchmarks/train.py
+import training_loop  # noqa: E402  benchmarks/training_*.py
+import training_models  # noqa: E402
+import training_report  # noqa: E402
+import training_setup  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["digits-cnn", "deep-sgd"])
 @pytest.mark.parametrize("correction,power", [(None, 0.5), ("position", 0.5), ("kernel", 1.0), ("map", 0.5)])
 def test_side_by_side_equals_separate_networks(name, correction, power):
-    setting = next(s for s in T.SETTINGS if s.name == name)
+    setting = next(s for s in training_setup.SETTINGS if s.name == name)
     runs = [("default", 0), ("kaiming-stride", 1), ("default", 2)]
-    side = T.make_runs(setting, correction, power, runs).double()
+    side = training_loop.make_runs(setting, correction, power, runs).double()
     separate = []
     for init, seed in runs:  # what a user writes: one network, the layers of this correction
         torch.manual_seed(seed)
-        net = T.initialise(T.single_network(setting), init)
-        user = T.single_network(setting, correction, power)
+        net = training_models.initialise(training_models.single_network(setting), init)
+        user = training_models.single_network(setting, correction, power)
         user.load_state_dict(net.state_dict())
         separate.append(user.double())
     size = (8, 8) if setting.data == "digits" else (40,)
@@ -39,14 +42,14 @@ def test_side_by_side_equals_separate_networks(name, correction, power):
     x = torch.randn(len(runs), 6, 1, *size, generator=gen, dtype=torch.float64)  # a minibatch per run
     y = torch.randint(0, 10, (len(runs), 6), generator=gen)
 
-    logits = side(T.side_input(x))
-    T.run_losses(logits, y.t()).sum().backward()
+    logits = side(training_models.side_input(x))
+    training_loop.run_losses(logits, y.t()).sum().backward()
     convs = list(side.convs)
     for g, net in enumerate(separate):
         out = net(x[g])
         torch.testing.assert_close(logits[:, g], out)
         F.cross_entropy(out, y[g]).backward()
-        for i, conv in enumerate(T.conv_layers(net)):
+        for i, conv in enumerate(training_models.conv_layers(net)):
             rows = slice(g * conv.out_channels, (g + 1) * conv.out_channels)
             torch.testing.assert_close(convs[i].weight.grad[rows], conv.weight.grad)
             torch.testing.assert_close(convs[i].bias.grad[rows], conv.bias.grad)
@@ -56,16 +59,16 @@ def test_side_by_side_equals_separate_networks(name, correction, power):
 
 def test_input_grad_rms_is_the_corrected_gradient():
     """The reported first-layer value is the RMS of the data gradient each layer passes back."""
-    setting = next(s for s in T.SETTINGS if s.name == "deep-sgd")
+    setting = next(s for s in training_setup.SETTINGS if s.name == "deep-sgd")
     runs = [("kaiming", 0), ("kaiming", 1)]
-    side = T.make_runs(setting, "position", 0.5, runs)
+    side = training_loop.make_runs(setting, "position", 0.5, runs)
     x, y = torch.randn(16, 1, 40), torch.randint(0, 10, (16,))
-    rms = T.input_grad_rms(side, x, y)
+    rms = training_loop.input_grad_rms(side, x, y)
     assert len(rms) == len(setting.layers) and all(len(r) == len(runs) for r in rms)
     for g, (init, seed) in enumerate(runs):
         torch.manual_seed(seed)
-        plain = T.initialise(T.single_network(setting), init)
-        net = T.single_network(setting, "position", 0.5)
+        plain = training_models.initialise(training_models.single_network(setting), init)
+        net = training_models.single_network(setting, "position", 0.5)
         net.load_state_dict(plain.state_dict())
         xg = x.clone().requires_grad_(True)
         F.cross_entropy(net(xg), y).backward()
@@ -81,9 +84,9 @@ def test_train_quick_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (tmp_path / "train.md").read_text()
     data = json.loads((tmp_path / "train.json").read_text())
-    names = {s.name for s in T.SETTINGS}
+    names = {s.name for s in training_setup.SETTINGS}
     assert {r["setting"] for r in data["results"]} == names
-    assert len(data["results"]) == len(names) * len(T.VARIANTS) * 2
+    assert len(data["results"]) == len(names) * len(training_setup.VARIANTS) * 2
     for r in data["results"]:
         assert len(r["final_acc"]) == 2 and all(0.0 <= a <= 1.0 for a in r["final_acc"])
         assert all(v > 0 for layer in r["grad_rms_init"] for v in layer)
@@ -99,7 +102,7 @@ def test_train_quick_run(tmp_path):
     # Kaiming's intent, checked on the 8-layer net at initialisation: with PyTorch's fan_out the
     # first layer gets a small fraction of the last one's gradient; with the stride-aware fan_out,
     # or with "position" under PyTorch's fan_out, every layer gets about the same.
-    profile = {(r["variant"], r["init"]): T.relative_profile(r["grad_rms_init"])
+    profile = {(r["variant"], r["init"]): training_report.relative_profile(r["grad_rms_init"])
                for r in data["results"] if r["setting"] == "deep-sgd"}
     assert profile[("plain", "kaiming")][0] < 0.4
     for key in [("plain", "kaiming-stride"), ("position", "kaiming")]:
