@@ -8,6 +8,12 @@
 // `scale_border_` on the few border rows and columns of the input gradient.
 // Both scalings are fixed and diagonal, so each one's backward is itself: that
 // is what makes double backward work.
+//
+// `conv_transpose` normalises its forward with the same two scalings (the
+// tap-scaled weight, then the band of the output), so its backward is the true
+// gradient of that function: the band scaling on the incoming gradient, one ATen
+// convolution backward with the scaled weight, and the tap scaling again on the
+// weight gradient (the chain rule through a diagonal map).
 
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -42,34 +48,36 @@ ConvOptions load_options(AutogradContext* ctx) {
 // The int[] arguments and power of a scale_weight or scale_border call, whose
 // forward (the registered op) checked them.
 struct SavedScaling {
-  std::vector<int64_t> stride, padding, dilation;
+  std::vector<int64_t> stride, padding, dilation, output_padding;
   double power;
 
   static void save(AutogradContext* ctx, at::IntArrayRef stride, at::IntArrayRef padding,
-                   at::IntArrayRef dilation, double power) {
+                   at::IntArrayRef dilation, double power, at::IntArrayRef output_padding) {
     ctx->saved_data["stride"] = stride;
     ctx->saved_data["padding"] = padding;
     ctx->saved_data["dilation"] = dilation;
     ctx->saved_data["power"] = power;
+    ctx->saved_data["output_padding"] = output_padding;
   }
 
   explicit SavedScaling(AutogradContext* ctx)
       : stride(ctx->saved_data["stride"].toIntVector()),
         padding(ctx->saved_data["padding"].toIntVector()),
         dilation(ctx->saved_data["dilation"].toIntVector()),
+        output_padding(ctx->saved_data["output_padding"].toIntVector()),
         power(ctx->saved_data["power"].toDouble()) {}
 };
 
-// "kernel" and "position" leave the weight alone when every tap factor is 1:
-// k == 1, or all taps of an axis in one class (dilation a multiple of stride).
-bool taps_trivial(at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef dilation) {
-  for (size_t d = 0; d < kernel_size.size(); ++d) {
-    if (kernel_size[d] != 1 && dilation[d] % stride[d] != 0) {
-      return false;
-    }
+// The bias gradient's sizes (one entry per output channel) for
+// convolution_backward, or none when it is not wanted.
+struct BiasSizes {
+  c10::SymInt size;
+  std::optional<c10::SymIntArrayRef> sizes;
+  BiasSizes(c10::SymInt channels, bool wanted) : size(std::move(channels)) {
+    if (wanted) sizes = c10::SymIntArrayRef(&size, 1);
   }
-  return true;
-}
+  BiasSizes(const BiasSizes&) = delete;
+};
 
 // ----- autograd functions ---------------------------------------------------------------------
 
@@ -115,13 +123,10 @@ class ConvFunction : public torch::autograd::Function<ConvFunction> {
       w = call_scale_weight(weight, input.sym_sizes().slice(2), o.stride_list(), o.padding_list(),
                             o.dilation_list(), correction_name(o.correction), o.power);
     }
-    // The bias has one entry per output channel.
-    const c10::SymInt bias_size = weight.sym_size(0);
-    std::optional<c10::SymIntArrayRef> bias_sizes;
-    if (need_bias) bias_sizes = c10::SymIntArrayRef(&bias_size, 1);
+    const BiasSizes bias(weight.sym_size(0), need_bias);
     const std::vector<c10::SymInt> output_padding(o.ndim, 0);
     auto [grad_input, grad_weight, grad_bias] = at::convolution_backward_symint(
-        grads[0], input, w, bias_sizes, c10::fromIntArrayRefSlow(o.stride_list()),
+        grads[0], input, w, bias.sizes, c10::fromIntArrayRefSlow(o.stride_list()),
         c10::fromIntArrayRefSlow(o.padding_list()), c10::fromIntArrayRefSlow(o.dilation_list()),
         /*transposed=*/false, output_padding, c10::SymInt(o.groups),
         {need_input, need_weight, need_bias});
@@ -141,17 +146,96 @@ class ConvFunction : public torch::autograd::Function<ConvFunction> {
   }
 };
 
+class ConvTransposeFunction : public torch::autograd::Function<ConvTransposeFunction> {
+ public:
+  static at::Tensor forward(
+      AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+      const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+      at::IntArrayRef output_padding, at::IntArrayRef dilation, int64_t groups,
+      c10::string_view correction, double power) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::Tensor output = call_conv_transpose(input, weight, bias, stride, padding, output_padding,
+                                            dilation, groups, correction, power);
+    ctx->save_for_backward({input, weight});
+    save_options(ctx,
+                 conv_options(weight.dim() - 2, stride, padding, dilation, groups,
+                              parse_correction(correction), power, output_padding),
+                 bias.has_value() && bias->defined());
+    return output;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& input = saved[0];
+    const at::Tensor& weight = saved[1];
+    const ConvOptions o = load_options(ctx);
+
+    const bool need_input = ctx->needs_input_grad(0);
+    const bool need_weight = ctx->needs_input_grad(1);
+    const bool need_bias = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2);
+    const bool position = o.correction == Correction::Position;
+    const auto kernel_size = weight.sizes().slice(2);
+    const bool differentiable = at::GradMode::is_enabled();  // create_graph=True
+    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+    if (!differentiable) below_autograd.emplace();
+
+    at::Tensor grad = grads[0];
+    // The bias is added after the output scaling: its gradient is the plain sum.
+    at::Tensor grad_bias_sum;
+    if (need_bias && position) {
+      std::vector<int64_t> dims{0};
+      for (int d = 0; d < o.ndim; ++d) dims.push_back(2 + d);
+      grad_bias_sum = grad.sum(dims);
+    }
+    const bool scaled_weight =
+        o.correction == Correction::Map ||
+        (o.correction != Correction::None &&
+         !taps_trivial(kernel_size, o.stride_list(), o.dilation_list()));
+    const auto output_size = grad.sym_sizes().slice(2);
+    at::Tensor w = weight;
+    at::Tensor grad_input, grad_weight, grad_bias;
+    if (need_input || need_weight) {
+      if (scaled_weight) {
+        w = call_scale_weight(weight, output_size, o.stride_list(), o.padding_list(),
+                              o.dilation_list(), correction_name(o.correction), o.power,
+                              o.output_padding_list());
+      }
+      if (position) {
+        grad = call_scale_border(grad, kernel_size, o.stride_list(), o.padding_list(),
+                                 o.dilation_list(), o.power, o.output_padding_list());
+      }
+    }
+    const bool bias_from_backward = need_bias && !position;
+    if (need_input || need_weight || bias_from_backward) {
+      const BiasSizes bias(weight.sym_size(1) * o.groups, bias_from_backward);
+      std::tie(grad_input, grad_weight, grad_bias) = at::convolution_backward_symint(
+          grad, input, w, bias.sizes, c10::fromIntArrayRefSlow(o.stride_list()),
+          c10::fromIntArrayRefSlow(o.padding_list()), c10::fromIntArrayRefSlow(o.dilation_list()),
+          /*transposed=*/true, c10::fromIntArrayRefSlow(o.output_padding_list()),
+          c10::SymInt(o.groups), {need_input, need_weight, bias_from_backward});
+    }
+    if (need_weight && scaled_weight) {  // the adjoint of a diagonal scaling is itself
+      grad_weight = call_scale_weight(grad_weight, output_size, o.stride_list(), o.padding_list(),
+                                      o.dilation_list(), correction_name(o.correction), o.power,
+                                      o.output_padding_list());
+    }
+    if (grad_bias_sum.defined()) grad_bias = grad_bias_sum;
+    return {grad_input,   grad_weight,  grad_bias,    at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 // A fixed diagonal scaling of the weight: its backward is itself.
 class ScaleWeightFunction : public torch::autograd::Function<ScaleWeightFunction> {
  public:
   static at::Tensor forward(
       AutogradContext* ctx, const at::Tensor& weight, c10::SymIntArrayRef input_size,
       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-      c10::string_view correction, double power) {
+      c10::string_view correction, double power, at::IntArrayRef output_padding) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    at::Tensor out =
-        call_scale_weight(weight, input_size, stride, padding, dilation, correction, power);
-    SavedScaling::save(ctx, stride, padding, dilation, power);
+    at::Tensor out = call_scale_weight(weight, input_size, stride, padding, dilation, correction,
+                                       power, output_padding);
+    SavedScaling::save(ctx, stride, padding, dilation, power, output_padding);
     ctx->saved_data["input_size"] = input_size;
     ctx->saved_data["correction"] = std::string(correction);
     return out;
@@ -162,8 +246,9 @@ class ScaleWeightFunction : public torch::autograd::Function<ScaleWeightFunction
     const auto input_size = ctx->saved_data["input_size"].toSymIntVector();
     const std::string correction = ctx->saved_data["correction"].toStringRef();
     return {call_scale_weight(grads[0], input_size, s.stride, s.padding, s.dilation, correction,
-                              s.power),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+                              s.power, s.output_padding),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
   }
 };
 
@@ -193,10 +278,12 @@ class ScaleBorderFunction : public torch::autograd::Function<ScaleBorderFunction
  public:
   static at::Tensor forward(
       AutogradContext* ctx, const at::Tensor& grad, at::IntArrayRef kernel_size,
-      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, double power) {
+      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, double power,
+      at::IntArrayRef output_padding) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    at::Tensor out = call_scale_border(grad, kernel_size, stride, padding, dilation, power);
-    SavedScaling::save(ctx, stride, padding, dilation, power);
+    at::Tensor out =
+        call_scale_border(grad, kernel_size, stride, padding, dilation, power, output_padding);
+    SavedScaling::save(ctx, stride, padding, dilation, power, output_padding);
     ctx->saved_data["kernel_size"] = kernel_size;
     return out;
   }
@@ -204,8 +291,9 @@ class ScaleBorderFunction : public torch::autograd::Function<ScaleBorderFunction
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const SavedScaling s(ctx);
     const auto kernel_size = ctx->saved_data["kernel_size"].toIntVector();
-    return {call_scale_border(grads[0], kernel_size, s.stride, s.padding, s.dilation, s.power),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {call_scale_border(grads[0], kernel_size, s.stride, s.padding, s.dilation, s.power,
+                              s.output_padding),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -234,11 +322,25 @@ at::Tensor conv_autograd(
                              power);
 }
 
+at::Tensor conv_transpose_autograd(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
+    at::IntArrayRef dilation, int64_t groups, c10::string_view correction, double power) {
+  if (!records_graph(input, weight, bias)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_conv_transpose(input, weight, bias, stride, padding, output_padding, dilation,
+                               groups, correction, power);
+  }
+  return ConvTransposeFunction::apply(input, weight, bias, stride, padding, output_padding,
+                                      dilation, groups, correction, power);
+}
+
 at::Tensor scale_weight_autograd(
     const at::Tensor& weight, c10::SymIntArrayRef input_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view correction, double power) {
+    at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view correction, double power,
+    at::IntArrayRef output_padding) {
   return ScaleWeightFunction::apply(weight, input_size, stride, padding, dilation, correction,
-                                    power);
+                                    power, output_padding);
 }
 
 at::Tensor scale_taps_autograd(
@@ -248,14 +350,17 @@ at::Tensor scale_taps_autograd(
 
 at::Tensor scale_border_autograd(
     const at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, double power) {
-  return ScaleBorderFunction::apply(grad, kernel_size, stride, padding, dilation, power);
+    at::IntArrayRef padding, at::IntArrayRef dilation, double power,
+    at::IntArrayRef output_padding) {
+  return ScaleBorderFunction::apply(grad, kernel_size, stride, padding, dilation, power,
+                                    output_padding);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(strideconv, Autograd, m) {
   m.impl("conv", &conv_autograd);
+  m.impl("conv_transpose", &conv_transpose_autograd);
   m.impl("scale_weight", &scale_weight_autograd);
   m.impl("scale_taps", &scale_taps_autograd);
   m.impl("scale_border", &scale_border_autograd);

@@ -61,9 +61,16 @@ struct Axis {
   int64_t stride = 1;    // s
   int64_t padding = 0;   // p
   int64_t dilation = 1;  // q
+  // a: for the output of a transposed convolution (docs/design.md, "Transposed
+  // convolutions"), its output padding. The windows are then the transposed
+  // convolution's inputs: those of a strided convolution over the first L - a
+  // positions, which also counts every position correctly when a >= s. 0 for a
+  // strided convolution.
+  int64_t output_padding = 0;
 
+  // The number of windows (outputs of the strided convolution).
   STRIDECONV_HD int64_t out_length() const {
-    const int64_t span = length + 2 * padding - dilation * (kernel - 1) - 1;
+    const int64_t span = length - output_padding + 2 * padding - dilation * (kernel - 1) - 1;
     return span < 0 ? 0 : span / stride + 1;
   }
 

@@ -1,7 +1,8 @@
 // The operators' schemas, and the operators that are the same on every device,
 // written and registered once (CompositeExplicitAutograd): the forward
-// convolution, the choice of the weight that gives the corrected input
-// gradient, and the out-of-place border scaling. The device kernels
+// convolution, the count-normalised transposed convolution, the choice of the
+// weight that gives the corrected input gradient (or the normalised transposed
+// output), and the out-of-place border scaling. The device kernels
 // (scale_taps, scale_border_) are in cpu/ and cuda/; autograd in autograd.cpp;
 // the design in docs/design.md.
 
@@ -22,17 +23,21 @@ namespace {
 // torch.nn.functional.convNd and runs cuDNN / oneDNN under the user's backend
 // settings. correction and power only shape the backward, but they are checked
 // here, so that a bad setting fails at the call that made it.
+// ATen runs complex convolutions as real ones only from at::conv2d & co., not
+// from at::convolution, and the correction factors are real: not supported.
+void check_real(const at::Tensor& input, const at::Tensor& weight, const char* plain) {
+  TORCH_CHECK_VALUE(!input.is_complex() && !weight.is_complex(),
+                    "strideconv: complex convolutions are not supported; use torch.nn.functional.",
+                    plain);
+}
+
 at::Tensor conv(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     c10::string_view correction, double power) {
   const Correction kind = parse_correction(correction);
   check_power(power);
-  // ATen runs complex convolutions as real ones only from at::conv2d & co., not from
-  // at::convolution, and the correction factors are real: not supported.
-  TORCH_CHECK_VALUE(
-      !input.is_complex() && !weight.is_complex(),
-      "strideconv: complex convolutions are not supported; use torch.nn.functional.conv2d");
+  check_real(input, weight, "conv2d");
   // at::conv2d checks the bias before at::convolution does; keep its message.
   TORCH_CHECK(
       !bias.has_value() || !bias->defined() || input.dtype() == bias->dtype(),
@@ -51,11 +56,91 @@ at::Tensor conv(
   return output;
 }
 
+// The output lengths of a transposed convolution, (L_in - 1) s - 2p + q (k - 1) + a + 1.
+// The options are checked (below 2^31), so nothing overflows.
+std::vector<int64_t> transposed_lengths(at::IntArrayRef input_lengths, at::IntArrayRef kernel_size,
+                                        const ConvOptions& o) {
+  std::vector<int64_t> out(o.ndim);
+  for (int d = 0; d < o.ndim; ++d) {
+    out[d] = (input_lengths[d] - 1) * o.stride[d] - 2 * o.padding[d] +
+             o.dilation[d] * (kernel_size[d] - 1) + o.output_padding[d] + 1;
+  }
+  return out;
+}
+
+// The count-normalised transposed convolution (docs/design.md, "Transposed
+// convolutions"): ONE ATen transposed convolution with the weight that
+// `scale_weight` gives over the output (tap-scaled for "kernel" and "position",
+// alpha * weight for "map"), then, for "position", the border band scaled in
+// place and the bias added; the other corrections let ATen add the bias.
+// "none" is at::convolution itself, so it is F.conv_transposeNd bit for bit.
+at::Tensor conv_transpose(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
+    at::IntArrayRef dilation, int64_t groups, c10::string_view correction, double power) {
+  const Correction kind = parse_correction(correction);
+  check_power(power);
+  check_real(input, weight, "conv_transpose2d");
+  const auto plain = [&](const std::optional<at::Tensor>& b) {
+    return at::convolution(input, weight, b, stride, padding, dilation, /*transposed=*/true,
+                           output_padding, groups);
+  };
+  if (kind == Correction::None) return plain(bias);
+  const bool with_bias = bias.has_value() && bias->defined();
+  const bool position = kind == Correction::Position;
+  // The scaled weight needs the checked options (and the output lengths) before the
+  // convolution runs. Where our checks refuse the arguments and ATen refuses them
+  // too, ATen's error (torch's) comes first; only the error path pays for that call.
+  ConvOptions o;
+  std::vector<int64_t> lengths;
+  try {
+    check_operand(weight, "weight", "(in, out / groups, *kernel)");
+    TORCH_CHECK_VALUE(input.dim() == weight.dim(), "strideconv: expected a batched input of ",
+                      std::to_string(weight.dim()), " dims, got ", std::to_string(input.dim()));
+    // "position" adds the bias itself: check it as ATen would.
+    TORCH_CHECK_VALUE(!position || !with_bias ||
+                          (bias->dim() == 1 && bias->size(0) == weight.size(1) * groups &&
+                           bias->device() == input.device()),
+                      "strideconv: expected a bias of one value per output channel");
+    // ATen accepts some mixed input and bias dtypes and refuses others, by backend.
+    if (position && with_bias && bias->dtype() != input.dtype()) (void)plain(bias);
+    o = conv_options(weight.dim() - 2, stride, padding, dilation, groups, kind, power, output_padding);
+    lengths = transposed_lengths(input.sizes().slice(2), weight.sizes().slice(2), o);
+    check_factors_fit(make_geometry(lengths, weight.sizes().slice(2), o.stride_list(),
+                                    o.padding_list(), o.dilation_list(), o.output_padding_list()),
+                      kind, power, weight.scalar_type());
+  } catch (const c10::Error&) {
+    (void)plain(bias);
+    throw;
+  }
+  const auto kernel_size = weight.sizes().slice(2);
+  at::Tensor w = weight;
+  if (kind == Correction::Map || !taps_trivial(kernel_size, o.stride_list(), o.dilation_list())) {
+    w = call_scale_weight(weight, c10::fromIntArrayRefSlow(lengths), o.stride_list(), o.padding_list(),
+                          o.dilation_list(), correction, power, o.output_padding_list());
+  }
+  at::Tensor out = at::convolution(input, w, position ? std::nullopt : bias, stride, padding, dilation,
+                                   /*transposed=*/true, output_padding, groups);
+  if (position) {
+    call_scale_border_(out, kernel_size, o.stride_list(), o.padding_list(), o.dilation_list(), power,
+                       o.output_padding_list());
+    if (with_bias) {
+      std::vector<int64_t> shape(out.dim(), 1);
+      shape[1] = -1;
+      out.add_(bias->view(shape));
+    }
+  }
+  return out;
+}
+
 // The weight whose input gradient is the corrected one: "none" a copy, "map"
-// alpha * weight, "kernel" and "position" the tap-scaled weight.
+// alpha * weight, "kernel" and "position" the tap-scaled weight. With
+// output_padding, input_size is a transposed convolution's output size, and
+// the weight is the one that normalises that output.
 at::Tensor scale_weight(
     const at::Tensor& weight, c10::SymIntArrayRef input_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view correction, double power) {
+    at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view correction, double power,
+    at::IntArrayRef output_padding) {
   const Correction kind = parse_correction(correction);
   check_power(power);
   check_operand(weight, "weight", "(out, in / groups, *kernel)");
@@ -64,7 +149,7 @@ at::Tensor scale_weight(
       "strideconv: expected the input size to have one value per spatial dim of the weight (",
       std::to_string(weight.dim() - 2), "), got ", std::to_string(input_size.size()), " values");
   const Geometry g = make_geometry(C10_AS_INTARRAYREF_SLOW(input_size), weight.sizes().slice(2),
-                                   stride, padding, dilation);
+                                   stride, padding, dilation, output_padding);
   check_factors_fit(g, kind, power, weight.scalar_type());
   switch (kind) {
     case Correction::None:
@@ -81,9 +166,10 @@ at::Tensor scale_weight(
 
 at::Tensor scale_border(
     const at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, double power) {
+    at::IntArrayRef padding, at::IntArrayRef dilation, double power,
+    at::IntArrayRef output_padding) {
   at::Tensor out = grad.clone();
-  call_scale_border_(out, kernel_size, stride, padding, dilation, power);
+  call_scale_border_(out, kernel_size, stride, padding, dilation, power, output_padding);
   return out;
 }
 
@@ -101,13 +187,25 @@ at::Tensor call_conv(
   return op.call(input, weight, bias, stride, padding, dilation, groups, correction, power);
 }
 
+at::Tensor call_conv_transpose(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
+    at::IntArrayRef dilation, int64_t groups, c10::string_view correction, double power) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("strideconv::conv_transpose", "")
+                             .typed<decltype(conv_transpose)>();
+  return op.call(input, weight, bias, stride, padding, output_padding, dilation, groups, correction,
+                 power);
+}
+
 at::Tensor call_scale_weight(
     const at::Tensor& weight, c10::SymIntArrayRef input_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view correction, double power) {
+    at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view correction, double power,
+    at::IntArrayRef output_padding) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("strideconv::scale_weight", "")
                              .typed<decltype(scale_weight)>();
-  return op.call(weight, input_size, stride, padding, dilation, correction, power);
+  return op.call(weight, input_size, stride, padding, dilation, correction, power, output_padding);
 }
 
 at::Tensor call_scale_taps(
@@ -121,22 +219,24 @@ at::Tensor call_scale_taps(
 
 at::Tensor call_scale_border(
     const at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, double power) {
+    at::IntArrayRef padding, at::IntArrayRef dilation, double power,
+    at::IntArrayRef output_padding) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("strideconv::scale_border", "")
                              .typed<decltype(scale_border)>();
-  return op.call(grad, kernel_size, stride, padding, dilation, power);
+  return op.call(grad, kernel_size, stride, padding, dilation, power, output_padding);
 }
 
 void call_scale_border_(
     at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, double power) {
+    at::IntArrayRef padding, at::IntArrayRef dilation, double power,
+    at::IntArrayRef output_padding) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("strideconv::scale_border_", "")
           .typed<void(at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
-                      at::IntArrayRef, double)>();
-  op.call(grad, kernel_size, stride, padding, dilation, power);
+                      at::IntArrayRef, double, at::IntArrayRef)>();
+  op.call(grad, kernel_size, stride, padding, dilation, power, output_padding);
 }
 
 // ----- schemas and the device-independent registrations ---------------------------------------
@@ -146,26 +246,32 @@ TORCH_LIBRARY(strideconv, m) {
   m.def(
       "conv(Tensor input, Tensor weight, Tensor? bias, int[] stride, int[] padding, "
       "int[] dilation, int groups, str correction, float power) -> Tensor");
+  // Transposed convolution whose output is normalised by the count map.
+  m.def(
+      "conv_transpose(Tensor input, Tensor weight, Tensor? bias, int[] stride, int[] padding, "
+      "int[] output_padding, int[] dilation, int groups, str correction, float power) -> Tensor");
   // The weight whose transposed convolution gives the corrected input
-  // gradient ("map": alpha * w; "kernel"/"position": tap-scaled w).
+  // gradient ("map": alpha * w; "kernel"/"position": tap-scaled w), or, with
+  // output_padding given, the normalised output of a transposed convolution.
   m.def(
       "scale_weight(Tensor weight, SymInt[] input_size, int[] stride, int[] padding, "
-      "int[] dilation, str correction, float power) -> Tensor");
+      "int[] dilation, str correction, float power, int[] output_padding=[]) -> Tensor");
   // Each tap of the weight times its "kernel" factor (a device kernel).
   m.def("scale_taps(Tensor weight, int[] stride, int[] dilation, float power) -> Tensor");
   // "kernel"-corrected input gradient -> "position"-corrected, in place, on
   // the border band only (a device kernel).
   m.def(
       "scale_border_(Tensor(a!) grad, int[] kernel_size, int[] stride, int[] padding, "
-      "int[] dilation, float power) -> ()");
+      "int[] dilation, float power, int[] output_padding=[]) -> ()");
   // Out-of-place twin of scale_border_, differentiable (double backward).
   m.def(
       "scale_border(Tensor grad, int[] kernel_size, int[] stride, int[] padding, "
-      "int[] dilation, float power) -> Tensor");
+      "int[] dilation, float power, int[] output_padding=[]) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(strideconv, CompositeExplicitAutograd, m) {
   m.impl("conv", &conv);
+  m.impl("conv_transpose", &conv_transpose);
   m.impl("scale_weight", &scale_weight);
   m.impl("scale_border", &scale_border);
 }

@@ -16,19 +16,30 @@ at::Tensor call_conv(
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     c10::string_view correction, double power);
 
+at::Tensor call_conv_transpose(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
+    at::IntArrayRef dilation, int64_t groups, c10::string_view correction, double power);
+
+// The lists of the scalings below describe a strided convolution over a tensor
+// of `input_size` (the size of `grad`), or, with output_padding, the output of a
+// transposed convolution (an empty output_padding: all zeros).
 at::Tensor call_scale_weight(
     const at::Tensor& weight, c10::SymIntArrayRef input_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view correction, double power);
+    at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view correction, double power,
+    at::IntArrayRef output_padding = {});
 
 at::Tensor call_scale_taps(
     const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef dilation, double power);
 
 at::Tensor call_scale_border(
     const at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, double power);
+    at::IntArrayRef padding, at::IntArrayRef dilation, double power,
+    at::IntArrayRef output_padding = {});
 
 void call_scale_border_(
     at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, double power);
+    at::IntArrayRef padding, at::IntArrayRef dilation, double power,
+    at::IntArrayRef output_padding = {});
 
 }  // namespace strideconv

@@ -76,7 +76,7 @@ void check_power(double power) {
 
 ConvOptions conv_options(
     int64_t ndim, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-    int64_t groups, Correction correction, double power) {
+    int64_t groups, Correction correction, double power, at::IntArrayRef output_padding) {
   check_ndim(ndim);
   check_power(power);
   TORCH_CHECK_VALUE(groups >= 1, "strideconv: expected groups to be positive, got groups=",
@@ -86,6 +86,7 @@ ConvOptions conv_options(
   expand(stride, o.ndim, "stride", 1, o.stride);
   expand(padding, o.ndim, "padding", 0, o.padding);
   expand(dilation, o.ndim, "dilation", 1, o.dilation);
+  if (!output_padding.empty()) expand(output_padding, o.ndim, "output_padding", 0, o.output_padding);
   o.groups = groups;
   o.correction = correction;
   o.power = power;
@@ -94,7 +95,8 @@ ConvOptions conv_options(
 
 std::vector<int64_t> encode_options(const ConvOptions& o) {
   std::vector<int64_t> out{o.ndim};
-  for (const at::IntArrayRef list : {o.stride_list(), o.padding_list(), o.dilation_list()}) {
+  for (const at::IntArrayRef list :
+       {o.stride_list(), o.padding_list(), o.dilation_list(), o.output_padding_list()}) {
     out.insert(out.end(), list.begin(), list.end());
   }
   out.push_back(o.groups);
@@ -104,31 +106,40 @@ std::vector<int64_t> encode_options(const ConvOptions& o) {
 
 ConvOptions decode_options(at::IntArrayRef encoded, double power) {
   const int64_t nd = encoded.empty() ? 0 : encoded[0];
-  TORCH_CHECK(nd >= 1 && nd <= kMaxSpatialDims && static_cast<int64_t>(encoded.size()) == 3 + 3 * nd,
+  TORCH_CHECK(nd >= 1 && nd <= kMaxSpatialDims && static_cast<int64_t>(encoded.size()) == 3 + 4 * nd,
               "strideconv: saved convolution options are malformed");
-  const int64_t correction = encoded[2 + 3 * nd];
+  const int64_t correction = encoded[2 + 4 * nd];
   TORCH_CHECK(correction >= 0 && correction < static_cast<int64_t>(std::size(kCorrectionNames)),
               "strideconv: saved convolution options are malformed");
   return conv_options(nd, encoded.slice(1, nd), encoded.slice(1 + nd, nd), encoded.slice(1 + 2 * nd, nd),
-                      encoded[1 + 3 * nd], static_cast<Correction>(correction), power);
+                      encoded[1 + 4 * nd], static_cast<Correction>(correction), power,
+                      encoded.slice(1 + 3 * nd, nd));
 }
 
 Geometry make_geometry(
     at::IntArrayRef lengths, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation) {
+    at::IntArrayRef padding, at::IntArrayRef dilation, at::IntArrayRef output_padding) {
   const auto nd = static_cast<int64_t>(lengths.size());
   check_ndim(nd);
   Geometry g;
   g.ndim = static_cast<int>(nd);
   int64_t length[kMaxSpatialDims], kernel[kMaxSpatialDims], s[kMaxSpatialDims],
-      p[kMaxSpatialDims], q[kMaxSpatialDims];
+      p[kMaxSpatialDims], q[kMaxSpatialDims], a[kMaxSpatialDims] = {0, 0, 0};
   expand(lengths, g.ndim, "input size", 0, length);
   expand(kernel_size, g.ndim, "kernel_size", 1, kernel);
   expand(stride, g.ndim, "stride", 1, s);
   expand(padding, g.ndim, "padding", 0, p);
   expand(dilation, g.ndim, "dilation", 1, q);
-  for (int d = 0; d < g.ndim; ++d) g.axis[d] = Axis{length[d], kernel[d], s[d], p[d], q[d]};
+  if (!output_padding.empty()) expand(output_padding, g.ndim, "output_padding", 0, a);
+  for (int d = 0; d < g.ndim; ++d) g.axis[d] = Axis{length[d], kernel[d], s[d], p[d], q[d], a[d]};
   return g;
+}
+
+bool taps_trivial(at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef dilation) {
+  for (size_t d = 0; d < kernel_size.size(); ++d) {
+    if (kernel_size[d] != 1 && dilation[d] % stride[d] != 0) return false;
+  }
+  return true;
 }
 
 void check_operand(const at::Tensor& t, const char* what, const char* layout) {
@@ -142,10 +153,12 @@ void check_operand(const at::Tensor& t, const char* what, const char* layout) {
 
 Geometry border_geometry(
     const at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, double power) {
+    at::IntArrayRef padding, at::IntArrayRef dilation, double power,
+    at::IntArrayRef output_padding) {
   check_power(power);
   check_operand(grad, "gradient", "(batch, channels, *spatial)");
-  const Geometry g = make_geometry(grad.sizes().slice(2), kernel_size, stride, padding, dilation);
+  const Geometry g =
+      make_geometry(grad.sizes().slice(2), kernel_size, stride, padding, dilation, output_padding);
   check_factors_fit(g, Correction::Position, power, grad.scalar_type());
   return g;
 }

@@ -29,6 +29,7 @@ struct ConvOptions {
   int64_t stride[kMaxSpatialDims] = {1, 1, 1};
   int64_t padding[kMaxSpatialDims] = {0, 0, 0};
   int64_t dilation[kMaxSpatialDims] = {1, 1, 1};
+  int64_t output_padding[kMaxSpatialDims] = {0, 0, 0};  // transposed convolutions only
   int64_t groups = 1;
   Correction correction = Correction::Position;
   double power = 0.5;
@@ -36,25 +37,32 @@ struct ConvOptions {
   at::IntArrayRef stride_list() const { return {stride, static_cast<size_t>(ndim)}; }
   at::IntArrayRef padding_list() const { return {padding, static_cast<size_t>(ndim)}; }
   at::IntArrayRef dilation_list() const { return {dilation, static_cast<size_t>(ndim)}; }
+  at::IntArrayRef output_padding_list() const { return {output_padding, static_cast<size_t>(ndim)}; }
 };
 
-// A ConvOptions as one int list, [ndim, stride, padding, dilation, groups,
-// correction], and back: an autograd context stores it in one entry (a string-keyed
+// A ConvOptions as one int list, [ndim, stride, padding, dilation,
+// output_padding, groups, correction], and back: an autograd context stores it in one entry (a string-keyed
 // hash-map insert per entry, once per training step). decode_options checks the
 // layout and values it reads; nothing else reads the list.
 std::vector<int64_t> encode_options(const ConvOptions& o);
 ConvOptions decode_options(at::IntArrayRef encoded, double power);
 
-// `ndim` spatial dims: 1 to 3.
+// `ndim` spatial dims: 1 to 3. An empty output_padding is all zeros.
 ConvOptions conv_options(
     int64_t ndim, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-    int64_t groups, Correction correction, double power);
+    int64_t groups, Correction correction, double power, at::IntArrayRef output_padding = {});
 
 // The geometry of one call: `lengths` are the spatial sizes of the tensor the
-// correction applies to; the other lists are expanded to their length.
+// correction applies to (a convolution's input, a transposed convolution's
+// output); the other lists are expanded to their length. An empty
+// output_padding is all zeros (a strided convolution).
 Geometry make_geometry(
     at::IntArrayRef lengths, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation);
+    at::IntArrayRef padding, at::IntArrayRef dilation, at::IntArrayRef output_padding = {});
+
+// Whether every "kernel" tap factor is 1, so that the weight needs no scaling:
+// on each axis k == 1 or all taps in one class (dilation a multiple of stride).
+bool taps_trivial(at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef dilation);
 
 // A floating point tensor (outer, inner, *spatial) with 1 to 3 spatial dims.
 void check_operand(const at::Tensor& t, const char* what, const char* layout);
@@ -63,7 +71,8 @@ void check_operand(const at::Tensor& t, const char* what, const char* layout);
 // scale_border_ on a gradient (batch, channels, *spatial) ...
 Geometry border_geometry(
     const at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, double power);
+    at::IntArrayRef padding, at::IntArrayRef dilation, double power,
+    at::IntArrayRef output_padding);
 // ... and scale_taps on a weight (out, in / groups, *kernel), whose tap factors
 // depend on the kernel, stride and dilation only.
 Geometry tap_geometry(

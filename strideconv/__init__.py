@@ -2,7 +2,8 @@
 
 The forward pass is ``torch.nn.functional.conv2d``, bit for bit. The backward pass
 corrects ``grad_input`` for the uneven number of kernel windows that reach each
-input pixel under a stride (docs/design.md).
+input pixel under a stride (docs/design.md). Transposed convolutions, whose forward
+has the same uneven count, are normalised in the forward instead.
 """
 
 import torch  # noqa: F401  (loads libtorch, which _C links against)
@@ -20,13 +21,16 @@ except ImportError as exc:  # no silent fallback to plain convolutions
 from . import _fake_kernels  # noqa: F401,E402  (shapes for torch.compile and meta tensors)
 from . import functional, init  # noqa: E402
 from ._arguments import CORRECTIONS  # noqa: E402
-from .factors import Factors, correction_factors, count_map  # noqa: E402
+from .factors import Factors, correction_factors, count_map, transposed_count_map, transposed_factors  # noqa: E402
 from .convert import convert, revert  # noqa: E402
-from .modules import AvgPool2d, Conv1d, Conv2d, Conv3d  # noqa: E402
+from .modules import (  # noqa: E402
+    AvgPool2d, Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d,
+)
 from ._report import report  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
-    "Conv1d", "Conv2d", "Conv3d", "AvgPool2d", "functional", "init", "convert", "revert", "report",
-    "count_map", "correction_factors", "Factors", "CORRECTIONS",
+    "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "AvgPool2d",
+    "functional", "init", "convert", "revert", "report", "count_map", "correction_factors", "Factors",
+    "transposed_count_map", "transposed_factors", "CORRECTIONS",
 ]

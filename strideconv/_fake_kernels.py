@@ -16,8 +16,13 @@ def _conv_fake(input, weight, bias, stride, padding, dilation, groups, correctio
     )
 
 
+@torch.library.register_fake("strideconv::conv_transpose")
+def _conv_transpose_fake(input, weight, bias, stride, padding, output_padding, dilation, groups, correction, power):
+    return torch.ops.aten.convolution(input, weight, bias, stride, padding, dilation, True, output_padding, groups)
+
+
 @torch.library.register_fake("strideconv::scale_weight")
-def _scale_weight_fake(weight, input_size, stride, padding, dilation, correction, power):
+def _scale_weight_fake(weight, input_size, stride, padding, dilation, correction, power, output_padding=()):
     return torch.empty_like(weight)
 
 
@@ -27,10 +32,10 @@ def _scale_taps_fake(weight, stride, dilation, power):
 
 
 @torch.library.register_fake("strideconv::scale_border")
-def _scale_border_fake(grad, kernel_size, stride, padding, dilation, power):
+def _scale_border_fake(grad, kernel_size, stride, padding, dilation, power, output_padding=()):
     return torch.empty_like(grad)
 
 
 @torch.library.register_fake("strideconv::scale_border_")
-def _scale_border_inplace_fake(grad, kernel_size, stride, padding, dilation, power):
+def _scale_border_inplace_fake(grad, kernel_size, stride, padding, dilation, power, output_padding=()):
     return None

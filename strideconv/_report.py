@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from ._arguments import int_tuple_exact, same_padding
-from .factors import axis_alpha, axis_class_counts, axis_counts, pool_axis_counts
-from .modules import TORCH_CONVS
+from .factors import axis_alpha, axis_class_counts, axis_counts, axis_transposed_counts, pool_axis_counts
+from .modules import TORCH_CONV_TRANSPOSES, TORCH_CONVS
 
 __all__ = ["Layer", "Report", "report"]
 
@@ -23,12 +23,12 @@ _POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 class Layer(NamedTuple):
     name: str
     kind: str
-    input_size: tuple  # spatial
+    input_size: tuple  # spatial size the count map covers: the input, or a transposed layer's output
     kernel: tuple
     stride: tuple
     padding: tuple
     cell: str  # the repeating count pattern away from the borders
-    deficit: float  # mean count over K: Var[grad_input] relative to what Kaiming's n assumes
+    deficit: float  # mean count over K: Var[grad_input] (a transposed layer's Var[output]) relative to K taps
     alpha: float  # the "map" scalar at the layer's power
     correction: str
 
@@ -37,7 +37,7 @@ class Report(list):
     """A list of ``Layer`` rows; ``str()`` gives a Markdown table."""
 
     def __str__(self) -> str:
-        head = ["layer", "type", "input", "kernel", "stride", "padding", "count cell",
+        head = ["layer", "type", "counted size", "kernel", "stride", "padding", "count cell",
                 "mean count / K", "alpha", "correction"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         fmt = lambda t: "x".join(str(v) for v in t)  # noqa: E731
@@ -89,20 +89,39 @@ def _geometry(module, input, nd: int):
     return size, kernel, stride, expand(module.padding, "padding"), dilation, False
 
 
+def _transposed_geometry(module, input, output, nd: int):
+    """(input size, output size, kernel, stride, padding, output padding, dilation) of a
+    transposed convolution's call; the output padding is read off the sizes (``output_size=``)."""
+    expand = lambda v, name: int_tuple_exact(v, nd, name)  # noqa: E731
+    size_in, size_out = tuple(input.shape[-nd:]), tuple(output.shape[-nd:])
+    kernel, stride = expand(module.kernel_size, "kernel_size"), expand(module.stride, "stride")
+    padding, dilation = expand(module.padding, "padding"), expand(module.dilation, "dilation")
+    out_padding = tuple(
+        Lo - ((Li - 1) * s - 2 * p + q * (k - 1) + 1)
+        for Li, Lo, k, s, p, q in zip(size_in, size_out, kernel, stride, padding, dilation)
+    )
+    return size_in, size_out, kernel, stride, padding, out_padding, dilation
+
+
 def _ndim(module) -> int:
-    if isinstance(module, (nn.Conv3d, nn.AvgPool3d)):
+    if isinstance(module, (nn.Conv3d, nn.AvgPool3d, nn.ConvTranspose3d)):
         return 3
-    return 2 if isinstance(module, (nn.Conv2d, nn.AvgPool2d)) else 1
+    return 2 if isinstance(module, (nn.Conv2d, nn.AvgPool2d, nn.ConvTranspose2d)) else 1
 
 
 def report(model: nn.Module, example_input, min_stride: int = 2) -> Report:
-    """Run ``model`` once on ``example_input`` (no gradient) and list every convolution and
-    average pooling whose largest stride is at least ``min_stride``: one row per layer and
-    input size it was called at, with the count map its backward has."""
+    """Run ``model`` once on ``example_input`` (no gradient) and list every convolution,
+    transposed convolution and average pooling whose largest stride is at least ``min_stride``:
+    one row per layer and input size it was called at, with the count map its backward has (a
+    transposed convolution's: its forward's, over its output)."""
     calls = {}  # (name, geometry) -> module, in call order
     handles = []
     for name, module in model.named_modules():
-        if isinstance(module, TORCH_CONVS + _POOLS):
+        if isinstance(module, TORCH_CONV_TRANSPOSES):
+            def post_hook(mod, args, output, name=name):
+                calls.setdefault((name, _transposed_geometry(mod, args[0], output, _ndim(mod))), mod)
+            handles.append(module.register_forward_hook(post_hook))
+        elif isinstance(module, TORCH_CONVS + _POOLS):
             def hook(mod, args, name=name):
                 calls.setdefault((name, _geometry(mod, args[0], _ndim(mod))), mod)
             handles.append(module.register_forward_pre_hook(hook))
@@ -113,17 +132,22 @@ def report(model: nn.Module, example_input, min_stride: int = 2) -> Report:
         for h in handles:
             h.remove()
     rows = Report()
-    for (name, (size, kernel, stride, padding, dilation, ceil_mode)), module in calls.items():
+    for (name, geometry), module in calls.items():
+        if isinstance(module, TORCH_CONV_TRANSPOSES):
+            size_in, size, kernel, stride, padding, out_padding, dilation = geometry
+            axes = [axis_transposed_counts(*a) for a in zip(size_in, kernel, stride, padding, out_padding, dilation)]
+        else:
+            size, kernel, stride, padding, dilation, ceil_mode = geometry
+            axes = [pool_axis_counts(L, k, s, p, ceil_mode) if isinstance(module, _POOLS) else axis_counts(L, k, s, p, q)
+                    for L, k, s, p, q in zip(size, kernel, stride, padding, dilation)]
         if max(stride) < min_stride:
             continue
         power = getattr(module, "power", 0.5)
-        K = math.prod(kernel)
         mean_count, alpha = 1.0, 1.0
-        for L, k, s, p, q in zip(size, kernel, stride, padding, dilation):
-            c = pool_axis_counts(L, k, s, p, ceil_mode) if isinstance(module, _POOLS) else axis_counts(L, k, s, p, q)
+        for c, L, k in zip(axes, size, kernel):
             mean_count *= sum(c) / max(L, 1)
             alpha *= axis_alpha(c, k, power)
         correction = getattr(module, "correction", "none (plain torch.nn)")
         rows.append(Layer(name, type(module).__name__, size, kernel, stride, padding,
-                          _cell(kernel, stride, padding, dilation), mean_count / K, alpha, correction))
+                          _cell(kernel, stride, padding, dilation), mean_count / math.prod(kernel), alpha, correction))
     return rows

@@ -8,12 +8,16 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ._arguments import check_correction, check_power
-from .modules import TORCH_CONVS, AvgPool2d, Conv1d, Conv2d, Conv3d
+from .modules import (
+    TORCH_CONV_TRANSPOSES, TORCH_CONVS, AvgPool2d, Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d,
+    ConvTranspose3d,
+)
 
 __all__ = ["convert", "revert"]
 
 _TO_OURS = dict(zip(TORCH_CONVS, (Conv1d, Conv2d, Conv3d)))
-_TO_PLAIN = {ours: plain for plain, ours in _TO_OURS.items()}
+_TO_OURS_TRANSPOSED = dict(zip(TORCH_CONV_TRANSPOSES, (ConvTranspose1d, ConvTranspose2d, ConvTranspose3d)))
+_TO_PLAIN = {ours: plain for plain, ours in (*_TO_OURS.items(), *_TO_OURS_TRANSPOSED.items())}
 _TO_PLAIN[AvgPool2d] = nn.AvgPool2d
 
 
@@ -63,29 +67,41 @@ def _replace(model: nn.Module, make) -> nn.Module:
     return visit(model)
 
 
-def convert(model: nn.Module, correction: str = "position", power: float = 0.5, min_stride: int = 2) -> nn.Module:
+def convert(
+    model: nn.Module, correction: str = "position", power: float = 0.5, min_stride: int = 2,
+    transposed: bool = False,
+) -> nn.Module:
     """Replace each ``torch.nn.Conv1d/2d/3d`` of ``model`` whose largest stride is at least
     ``min_stride`` by the strideconv module sharing its parameters; returns the model (the
     converted module itself if ``model`` is one such convolution).
 
+    With ``transposed=True``, each ``torch.nn.ConvTranspose1d/2d/3d`` with such a stride is
+    converted too, with the same ``correction`` and ``power``: its forward output is then
+    normalised by its count map, so it changes (off by default for that reason).
+
     Converted: those exact classes, also under ``torch.nn.utils.parametrize`` (e.g.
     ``parametrizations.weight_norm``) and lazy ones once materialised; a module used at
     several places stays one module. Skipped, each named in a warning: other subclasses (they
-    may have their own forward) and lazy convolutions not yet run. The forward output does
-    not change; the input gradients of the converted layers are corrected. Undo with
-    ``revert``.
+    may have their own forward) and lazy convolutions not yet run. The forward output of the
+    convolutions does not change; the input gradients of the converted layers are corrected.
+    Undo with ``revert``.
     """
     correction, power = check_correction(correction), check_power(power)
     if isinstance(min_stride, bool) or not isinstance(min_stride, int) or min_stride < 1:
         raise ValueError(f"min_stride must be a positive integer, got {min_stride!r}")
+    if not isinstance(transposed, bool):
+        raise ValueError(f"transposed must be True or False, got {transposed!r}")
+    targets = {**_TO_OURS, **_TO_OURS_TRANSPOSED} if transposed else _TO_OURS
+    torch_classes = TORCH_CONVS + TORCH_CONV_TRANSPOSES if transposed else TORCH_CONVS
+    ours = tuple(targets.values())
     names = {id(m): name or "(model)" for name, m in model.named_modules(remove_duplicate=False)}
     skipped = []
 
     def make(module):
-        cls = _TO_OURS.get(_base_class(module))
+        cls = targets.get(_base_class(module))
         if cls is None:
             # other subclasses of the torch.nn convolutions, lazy ones included
-            if isinstance(module, TORCH_CONVS) and not isinstance(module, (Conv1d, Conv2d, Conv3d)):
+            if isinstance(module, torch_classes) and not isinstance(module, ours):
                 skipped.append(f"{names.get(id(module))} ({type(module).__name__})")
             return None
         if max(module.stride) < min_stride:
@@ -107,9 +123,10 @@ def convert(model: nn.Module, correction: str = "position", power: float = 0.5, 
 
 
 def revert(model: nn.Module) -> nn.Module:
-    """Replace each strideconv ``Conv1d/2d/3d`` and ``AvgPool2d`` by the plain ``torch.nn``
-    module sharing its parameters (for TorchScript, or to train without the correction; the
-    forward output is the same); returns the model."""
+    """Replace each strideconv ``Conv1d/2d/3d``, ``ConvTranspose1d/2d/3d`` and ``AvgPool2d`` by
+    the plain ``torch.nn`` module sharing its parameters (for TorchScript, or to train without
+    the correction; the forward output of the convolutions and pooling is the same, that of the
+    transposed convolutions loses its normalisation); returns the model."""
 
     def make(module):
         cls = _TO_PLAIN.get(_base_class(module))

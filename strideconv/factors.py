@@ -15,8 +15,8 @@ import torch
 from ._arguments import check_power, int_tuple_exact
 
 __all__ = [
-    "Factors", "axis_alpha", "axis_class_counts", "axis_counts", "correction_factors", "count_map",
-    "pool_axis_counts",
+    "Factors", "axis_alpha", "axis_class_counts", "axis_counts", "axis_transposed_counts",
+    "correction_factors", "count_map", "pool_axis_counts", "transposed_count_map", "transposed_factors",
 ]
 
 
@@ -29,6 +29,23 @@ def axis_counts(length: int, kernel: int, stride: int, padding: int, dilation: i
         )
     out_length = (length + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
     return _window_counts(length, out_length, kernel, stride, padding, dilation)
+
+
+def axis_transposed_counts(
+    in_length: int, kernel: int, stride: int, padding: int, output_padding: int, dilation: int
+) -> list[int]:
+    """C(j) for one axis of a transposed convolution: how many (input i, tap t) pairs add into
+    output position j (``i*s - p + t*q == j``), over its output length."""
+    if kernel < 1 or stride < 1 or dilation < 1 or padding < 0 or output_padding < 0 or in_length < 0:
+        raise ValueError(
+            "need kernel, stride, dilation >= 1 and padding, output_padding, length >= 0, got "
+            f"kernel={kernel}, stride={stride}, padding={padding}, output_padding={output_padding}, "
+            f"dilation={dilation}, length={in_length}"
+        )
+    out_length = (in_length - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+    if out_length < 0:
+        raise ValueError(f"the output length would be negative ({out_length})")
+    return _window_counts(out_length, in_length, kernel, stride, padding, dilation)
 
 
 def _window_counts(length, out_length, kernel, stride, padding, dilation) -> list[int]:
@@ -114,9 +131,15 @@ def correction_factors(
     input_size, kernel_size, stride, padding, dilation = _sizes(
         input_size, kernel_size, stride, padding, dilation
     )
+    axes = [(axis_counts(length, k, s, p, q), k, s, q)
+            for length, k, s, p, q in zip(input_size, kernel_size, stride, padding, dilation)]
+    return _factors(axes, power)
+
+
+def _factors(axes, power: float) -> Factors:
+    """Factors from (counts, kernel, stride, dilation) per axis."""
     counts, position, taps, alpha = [], [], [], 1.0
-    for length, k, s, p, q in zip(input_size, kernel_size, stride, padding, dilation):
-        c = axis_counts(length, k, s, p, q)
+    for c, k, s, q in axes:
         n = axis_class_counts(k, s, q)
         counts.append(torch.tensor(c, dtype=torch.int64))
         position.append(torch.tensor([(k / ci) ** power if ci > 0 else 0.0 for ci in c], dtype=torch.float64))
@@ -132,3 +155,41 @@ def pool_axis_counts(length: int, kernel: int, stride: int, padding: int, ceil_m
     if ceil_mode and (out - 1) * stride >= length + padding:
         out -= 1
     return _window_counts(length, out, kernel, stride, padding, 1)
+
+
+def _transposed_sizes(input_size, kernel_size, stride, padding, output_padding, dilation):
+    input_size = tuple(int(v) for v in input_size)
+    nd = len(input_size)
+    return (
+        input_size,
+        int_tuple_exact(kernel_size, nd, "kernel_size"),
+        int_tuple_exact(stride, nd, "stride"),
+        int_tuple_exact(padding, nd, "padding"),
+        int_tuple_exact(output_padding, nd, "output_padding"),
+        int_tuple_exact(dilation, nd, "dilation"),
+    )
+
+
+def transposed_count_map(input_size, kernel_size, stride=1, padding=0, output_padding=0, dilation=1) -> torch.Tensor:
+    """The count C of every OUTPUT position of a transposed convolution whose input has spatial
+    size ``input_size``, as an int64 tensor of the output's spatial size.
+
+    >>> transposed_count_map((3, 3), 3, stride=2, padding=1, output_padding=1)[:2, :2]
+    tensor([[1, 2],
+            [2, 4]])
+    """
+    sizes = _transposed_sizes(input_size, kernel_size, stride, padding, output_padding, dilation)
+    return _outer([torch.tensor(axis_transposed_counts(*args), dtype=torch.int64) for args in zip(*sizes)])
+
+
+def transposed_factors(
+    input_size, kernel_size, stride=1, padding=0, output_padding=0, dilation=1, power: float = 0.5
+) -> Factors:
+    """The factors of a count-normalised transposed convolution (docs/design.md, "Transposed
+    convolutions"), over its output: ``position`` multiplies the output without bias, ``kernel``
+    the weight's taps, ``map`` is the scalar alpha. The plain-op form of ``ConvTranspose2d``'s
+    corrections is ``F.conv_transpose2d(x, w) * position + b`` (and so on)."""
+    power = check_power(power)
+    sizes = _transposed_sizes(input_size, kernel_size, stride, padding, output_padding, dilation)
+    return _factors([(axis_transposed_counts(length, k, s, p, a, q), k, s, q) for length, k, s, p, a, q in zip(*sizes)],
+                    power)

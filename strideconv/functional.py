@@ -1,4 +1,4 @@
-"""Functional interface: drop-ins for ``F.conv1d``, ``F.conv2d``, ``F.conv3d`` and ``F.avg_pool2d``."""
+"""Functional interface: drop-ins for ``F.conv1d/2d/3d``, ``F.conv_transpose1d/2d/3d`` and ``F.avg_pool2d``."""
 
 from __future__ import annotations
 
@@ -10,15 +10,18 @@ import torch.nn.functional as F
 from . import _C
 from ._arguments import check_correction, check_power, int_arg, int_tuple, same_padding
 from ._pooling import ScaleGrad, factor_map
+from .factors import transposed_factors
 
-__all__ = ["conv1d", "conv2d", "conv3d", "avg_pool2d"]
+__all__ = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "avg_pool2d"]
 
 _conv_op = torch.ops.strideconv.conv.default
+_conv_transpose_op = torch.ops.strideconv.conv_transpose.default
 _has_torch_function = torch.overrides.has_torch_function_variadic
 _is_compiling = torch.compiler.is_compiling
 _is_tracing = torch._C._is_tracing
 _in_onnx_export = torch.onnx.is_in_onnx_export
 _PLAIN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_PLAIN_TRANSPOSED = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 def _string_padding(input, weight, padding: str, stride, dilation, nd: int):
@@ -45,19 +48,13 @@ def _conv_nd(input, weight, bias, stride, padding, dilation, groups, correction,
     Kept lean on purpose: on a GPU, a small convolution's time is mostly this host code.
     """
     correction, power = check_correction(correction), check_power(power)
-    dim = input.dim()
-    if dim != nd + 2 and dim != nd + 1:
-        raise RuntimeError(
-            f"Expected {nd + 1}D (unbatched) or {nd + 2}D (batched) input to conv{nd}d, but got "
-            f"input of size: {list(input.shape)}"
-        )
+    batched = _check_dims(input, nd, f"conv{nd}d")
     stride, dilation = int_tuple(stride, nd, "stride"), int_tuple(dilation, nd, "dilation")
     groups = int_arg(groups, "groups")
     if isinstance(padding, str):
         input, padding = _string_padding(input, weight, padding, stride, dilation, nd)
     else:
         padding = int_tuple(padding, nd, "padding")
-    batched = dim == nd + 2
     # torch.ops while torch.compile or torch.export traces (dynamo sees the op), while
     # torch.jit traces, or when a __torch_function__ override is in play; otherwise the
     # unboxed binding of the same operator.
@@ -107,6 +104,97 @@ def conv3d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
 
 for _nd, _fn in ((1, conv1d), (2, conv2d), (3, conv3d)):
     _fn.__doc__ = _DOC.format(nd=_nd)
+
+
+def _check_dims(input, nd: int, name: str) -> bool:
+    """Whether ``input`` is batched; torch's error for a wrong number of dims."""
+    dim = input.dim()
+    if dim != nd + 2 and dim != nd + 1:
+        raise RuntimeError(
+            f"Expected {nd + 1}D (unbatched) or {nd + 2}D (batched) input to {name}, but got "
+            f"input of size: {list(input.shape)}"
+        )
+    return dim == nd + 2
+
+
+def _conv_transpose_nd(input, weight, bias, stride, padding, output_padding, groups, dilation, correction,
+                       power, nd):
+    """Public N-d entry of the transposed convolutions, as ``_conv_nd``."""
+    correction, power = check_correction(correction), check_power(power)
+    batched = _check_dims(input, nd, f"conv_transpose{nd}d")
+    stride, padding = int_tuple(stride, nd, "stride"), int_tuple(padding, nd, "padding")
+    output_padding = int_tuple(output_padding, nd, "output_padding")
+    dilation, groups = int_tuple(dilation, nd, "dilation"), int_arg(groups, "groups")
+    call = _C.conv_transpose
+    if _is_compiling() or _is_tracing() or _has_torch_function(input, weight, bias):
+        if _in_onnx_export():  # ONNX: the same function in standard ops (ConvTranspose, Mul, Add)
+            return _plain_ops_conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation,
+                                             correction, power, nd)
+        call = _conv_transpose_op
+    if not batched:
+        input = input.unsqueeze(0)
+    out = call(input, weight, bias, stride, padding, output_padding, dilation, groups, correction, power)
+    return out if batched else out.squeeze(0)
+
+
+def _plain_ops_conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation, correction,
+                              power, nd):
+    """The normalised transposed convolution written with plain torch ops and precomputed
+    factors (for exporters, which need standard ops)."""
+    plain = _PLAIN_TRANSPOSED[nd]
+    if correction == "none":
+        return plain(input, weight, bias, stride, padding, output_padding, groups, dilation)
+    f = transposed_factors(tuple(input.shape[-nd:]), tuple(weight.shape[2:]), stride, padding, output_padding,
+                           dilation, power)
+    if correction == "kernel":
+        return plain(input, weight * f.kernel.to(weight), bias, stride, padding, output_padding, groups, dilation)
+    if correction == "map":
+        return plain(input, weight * f.map, bias, stride, padding, output_padding, groups, dilation)
+    out = plain(input, weight, None, stride, padding, output_padding, groups, dilation) * f.position.to(input)
+    return out if bias is None else out + bias.reshape((-1,) + (1,) * nd)
+
+
+_TRANSPOSED_DOC = """``torch.nn.functional.conv_transpose{nd}d`` normalised by its count map.
+
+    Each output position ``j`` of a strided transposed convolution sums a different number
+    ``C(j)`` of (input, tap) products (kernel 3, stride 2: the cell ``[4 2; 2 1]``). With ``K``
+    the number of taps, ``y0`` the output without bias and ``b`` the bias:
+
+    * ``"position"`` (default): ``(K / C(j)) ** power * y0(j) + b`` (``b`` where ``C(j) = 0``);
+    * ``"kernel"``: each tap scaled by ``(K / n) ** power``, ``n`` its class count (equal to
+      ``"position"`` away from the borders);
+    * ``"map"``: ``alpha * y0 + b``, one scalar;
+    * ``"none"``: ``F.conv_transpose{nd}d``, bit for bit.
+
+    Every gradient is the true gradient of that function. ``power=0.5`` gives each output the
+    variance at random initialisation that a stride-1 layer with ``K`` taps gives; ``power=1``
+    makes each output a mean of its contributions (times ``K``).
+    """
+
+
+def conv_transpose1d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                     stride: _Int = 1, padding: _Int = 0, output_padding: _Int = 0, groups: int = 1,
+                     dilation: _Int = 1, *, correction: str = "position", power: float = 0.5) -> torch.Tensor:
+    return _conv_transpose_nd(input, weight, bias, stride, padding, output_padding, groups, dilation, correction,
+                              power, 1)
+
+
+def conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                     stride: _Int = 1, padding: _Int = 0, output_padding: _Int = 0, groups: int = 1,
+                     dilation: _Int = 1, *, correction: str = "position", power: float = 0.5) -> torch.Tensor:
+    return _conv_transpose_nd(input, weight, bias, stride, padding, output_padding, groups, dilation, correction,
+                              power, 2)
+
+
+def conv_transpose3d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                     stride: _Int = 1, padding: _Int = 0, output_padding: _Int = 0, groups: int = 1,
+                     dilation: _Int = 1, *, correction: str = "position", power: float = 0.5) -> torch.Tensor:
+    return _conv_transpose_nd(input, weight, bias, stride, padding, output_padding, groups, dilation, correction,
+                              power, 3)
+
+
+for _nd, _fn in ((1, conv_transpose1d), (2, conv_transpose2d), (3, conv_transpose3d)):
+    _fn.__doc__ = _TRANSPOSED_DOC.format(nd=_nd)
 
 
 def avg_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,

@@ -1,19 +1,21 @@
-"""Modules: drop-ins for ``torch.nn.Conv1d/2d/3d`` and ``torch.nn.AvgPool2d``."""
+"""Modules: drop-ins for ``torch.nn.Conv1d/2d/3d``, ``torch.nn.ConvTranspose1d/2d/3d`` and
+``torch.nn.AvgPool2d``."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ._arguments import check_correction, check_power
-from .functional import _conv_nd, avg_pool2d
+from .functional import _conv_nd, _conv_transpose_nd, avg_pool2d
 
-__all__ = ["Conv1d", "Conv2d", "Conv3d", "AvgPool2d"]
+__all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "AvgPool2d"]
 
 TORCH_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)  # what strideconv's convolutions replace
+TORCH_CONV_TRANSPOSES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 class _Corrected:
@@ -126,6 +128,100 @@ class Conv2d(_ConvNd, nn.Conv2d):
 class Conv3d(_ConvNd, nn.Conv3d):
     __doc__ = _CONV_DOC.format(nd=3)
     _nd = 3
+
+
+class _ConvTransposeNd(_Corrected):
+    """``forward`` of ``torch.nn.ConvTranspose{1,2,3}d`` through the compiled op."""
+
+    _nd: int
+    _torch_name: str
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        output_padding=0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation=1,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+        *,
+        correction: str = "position",
+        power: float = 0.5,
+    ) -> None:
+        correction, power = check_correction(correction), check_power(power)  # before any draw
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, output_padding, groups, bias,
+            dilation, padding_mode, device, dtype,
+        )
+        self._set_correction(correction, power)
+
+    def forward(self, input: torch.Tensor, output_size: Optional[List[int]] = None) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._scripted_conv_transpose(input, output_size)
+        return self._eager_conv_transpose(input, output_size)
+
+    @torch.jit.unused
+    def _eager_conv_transpose(self, input: torch.Tensor, output_size: Optional[List[int]]) -> torch.Tensor:
+        if self.padding_mode != "zeros":  # torch's check and words
+            raise ValueError(f'Only "zeros" padding mode is supported for {self._torch_name}')
+        output_padding = self._output_padding(
+            input, output_size, self.stride, self.padding, self.kernel_size, self._nd, self.dilation
+        )
+        return _conv_transpose_nd(
+            input, self.weight, self.bias, self.stride, self.padding, output_padding, self.groups,
+            self.dilation, self.correction, self.power, self._nd,
+        )
+
+    def _scripted_conv_transpose(self, input: torch.Tensor, output_size: Optional[List[int]]) -> torch.Tensor:
+        """The same call in TorchScript, through the registered op."""
+        if self.padding_mode != "zeros":
+            raise ValueError('Only "zeros" padding mode is supported for ConvTranspose')
+        assert isinstance(self.padding, tuple)
+        output_padding = self._output_padding(
+            input, output_size, self.stride, self.padding, self.kernel_size, len(self.kernel_size), self.dilation
+        )
+        unbatched = input.dim() == self.weight.dim() - 1
+        if unbatched:
+            input = input.unsqueeze(0)
+        out = torch.ops.strideconv.conv_transpose(
+            input, self.weight, self.bias, self.stride, self.padding, output_padding, self.dilation,
+            self.groups, self.correction, self.power,
+        )
+        return out.squeeze(0) if unbatched else out
+
+
+_TRANSPOSED_DOC = """Drop-in for ``torch.nn.ConvTranspose{nd}d`` whose output is normalised by its count map.
+
+    Same arguments, defaults, parameters, initial weights and ``state_dict`` as
+    ``torch.nn.ConvTranspose{nd}d`` (``output_size=`` in ``forward`` too); two keyword-only
+    settings choose the normalisation (see ``strideconv.functional.conv_transpose{nd}d``).
+    ``correction="none"`` is ``torch.nn.ConvTranspose{nd}d`` bit for bit. Unlike the
+    convolutions, the correction changes the forward output; every gradient is the true one.
+    """
+
+
+class ConvTranspose1d(_ConvTransposeNd, nn.ConvTranspose1d):
+    __doc__ = _TRANSPOSED_DOC.format(nd=1)
+    _nd = 1
+    _torch_name = "ConvTranspose1d"
+
+
+class ConvTranspose2d(_ConvTransposeNd, nn.ConvTranspose2d):
+    __doc__ = _TRANSPOSED_DOC.format(nd=2)
+    _nd = 2
+    _torch_name = "ConvTranspose2d"
+
+
+class ConvTranspose3d(_ConvTransposeNd, nn.ConvTranspose3d):
+    __doc__ = _TRANSPOSED_DOC.format(nd=3)
+    _nd = 3
+    _torch_name = "ConvTranspose3d"
 
 
 class AvgPool2d(_Corrected, nn.AvgPool2d):

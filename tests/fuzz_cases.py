@@ -28,12 +28,17 @@ import torch.nn.functional as F
 from torch import nn
 
 import strideconv
-from reference import expected_grad_input
+from reference import expected_conv_transpose, expected_grad_input
 
 PLAIN_F = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 OURS_F = {1: strideconv.functional.conv1d, 2: strideconv.functional.conv2d, 3: strideconv.functional.conv3d}
 PLAIN_M = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 OURS_M = {1: strideconv.Conv1d, 2: strideconv.Conv2d, 3: strideconv.Conv3d}
+PLAIN_TF = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+OURS_TF = {1: strideconv.functional.conv_transpose1d, 2: strideconv.functional.conv_transpose2d,
+           3: strideconv.functional.conv_transpose3d}
+PLAIN_TM = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+OURS_TM = {1: strideconv.ConvTranspose1d, 2: strideconv.ConvTranspose2d, 3: strideconv.ConvTranspose3d}
 CORRECTIONS = ("none", "map", "kernel", "position")
 
 
@@ -186,6 +191,115 @@ def run_conv_case(case: dict) -> str:
     return "ok"
 
 
+# ----- transposed convolutions -----------------------------------------------------------------
+
+def draw_transposed(rng: random.Random) -> dict:
+    """Random settings of one transposed convolution call, mostly legal, some not."""
+    nd = rng.choice([1, 2, 2, 3])
+    api = rng.choice(["functional", "module"])
+    form = lambda values: _form(rng, values, nd, api == "functional")  # noqa: E731
+    groups = rng.choice([1, 1, 2, 3])
+    same = rng.random() < 0.5
+    pick = lambda lo, hi: [rng.randint(lo, hi)] * nd if same else [rng.randint(lo, hi) for _ in range(nd)]  # noqa: E731
+    k, s, q, p = pick(1, 4), pick(1, 4), pick(1, 3), pick(0, 2)
+    # legal: below the stride or the dilation; now and then one too large (torch refuses)
+    a = [rng.randint(0, max(si, qi) - (0 if rng.random() < 0.05 else 1)) for si, qi in zip(s, q)]
+    if rng.random() < 0.03:
+        s = [0] * nd
+    return dict(
+        nd=nd, api=api, groups=rng.choice([groups, np.int64(groups)]) if rng.random() < 0.2 else groups,
+        c_in=groups * rng.randint(1, 2), c_out=groups * rng.randint(1, 2), kernel=k,
+        stride=form(s), padding=form(p), output_padding=form(a), dilation=form(q),
+        size=[rng.randint(1, 6 if nd < 3 else 4) for _ in range(nd)],
+        batch=rng.choice([0, 1, 2]) if rng.random() < 0.1 else rng.choice([1, 2]),
+        unbatched=rng.random() < 0.1, bias=rng.random() < 0.6,
+        dtype=rng.choice([torch.float32, torch.float64]),
+        layout=rng.choice(["contiguous", "contiguous", "channels_last", "strided"]),
+        correction=rng.choice(CORRECTIONS), power=rng.choice([0.5, 0.5, 1.0, 0.25, np.float32(0.5)]),
+        use_output_size=api == "module" and rng.random() < 0.3, seed=rng.randrange(2**31),
+    )
+
+
+def _call_transposed(case, which: str, x, weight, bias):
+    nd = case["nd"]
+    extra = {} if which == "plain" else dict(correction=case["correction"], power=case["power"])
+    if case["api"] == "functional":
+        fn = (PLAIN_TF if which == "plain" else OURS_TF)[nd]
+        return fn(x, weight, bias, case["stride"], case["padding"], case["output_padding"], case["groups"],
+                  case["dilation"], **extra)
+    cls = (PLAIN_TM if which == "plain" else OURS_TM)[nd]
+    m = cls(case["c_in"], case["c_out"], weight.shape[2:], case["stride"], case["padding"], case["output_padding"],
+            case["groups"], bias is not None, case["dilation"], dtype=case["dtype"], **extra)
+    params = {"weight": weight} | ({"bias": bias} if bias is not None else {})
+    kwargs = {}
+    if case["use_output_size"]:  # the size output_padding gives, asked for by output_size
+        size = PLAIN_TF[nd](x, weight, None, case["stride"], case["padding"], case["output_padding"],
+                            case["groups"], case["dilation"]).shape[-nd:]
+        m.output_padding = (0,) * nd  # ignored when output_size is given
+        kwargs["output_size"] = list(size)
+    # the call with these tensors as parameters, so that their gradients are the module's
+    return torch.func.functional_call(m, params, (x,), kwargs)
+
+
+def run_transposed_case(case: dict) -> str:
+    g = torch.Generator().manual_seed(case["seed"] + 1)
+    x = _input(case)
+    groups = int(case["groups"])
+    w = torch.randn([case["c_in"], case["c_out"] // groups] + case["kernel"], generator=g, dtype=case["dtype"])
+    b = torch.randn(case["c_out"], generator=g, dtype=case["dtype"]) if case["bias"] else None
+    try:
+        plain = _call_transposed(case, "plain", x, w, b)
+    except Exception as exc:  # torch refuses: so must we, with the same exception type
+        try:
+            _call_transposed(case, "ours", x.requires_grad_(), w, b).sum().backward()
+        except Exception as ours:
+            if type(ours) is type(exc):
+                return "same-error"
+            return f"mismatch: torch {type(exc).__name__}, ours {type(ours).__name__}: {ours}"[:300]
+        return f"mismatch: torch raised {type(exc).__name__}: {exc}, ours ran"[:300]
+    xr, wr = x.detach().clone().requires_grad_(), w.clone().requires_grad_()
+    br = b.clone().requires_grad_() if b is not None else None
+    try:
+        out = _call_transposed(case, "ours", xr, wr, br)
+    except Exception as exc:
+        return f"mismatch: torch ran, ours raised {type(exc).__name__}: {exc}"[:300]
+    if out.shape != plain.shape:
+        return "mismatch: output shape differs from torch"
+    if case["correction"] == "none" and not torch.equal(out, plain):
+        return "mismatch: correction='none' differs from torch"
+    if out.numel() == 0:  # (an empty output length, which torch's float64 path refuses)
+        return "ok"
+    # the reference, in float64, with the output padding the call ended up with
+    nd = case["nd"]
+    batched = x.dim() == nd + 2
+    stride, padding = _expanded(case["stride"], nd), _expanded(case["padding"], nd)
+    dilation = _expanded(case["dilation"], nd)
+    a = tuple(Lo - ((Li - 1) * s_ - 2 * p_ + q_ * (k_ - 1) + 1) for Lo, Li, s_, p_, q_, k_ in
+              zip(out.shape[-nd:], x.shape[-nd:], stride, padding, dilation, case["kernel"]))
+    x64, w64 = x.detach().double().requires_grad_(), w.double().requires_grad_()
+    b64 = b.double().requires_grad_() if b is not None else None
+    ref = expected_conv_transpose(case["correction"], float(case["power"]), x64 if batched else x64.unsqueeze(0),
+                                  w64, b64, stride, padding, a, groups, dilation)
+    ref = ref if batched else ref.squeeze(0)
+    tol = 1e-9 if case["dtype"] == torch.float64 else 1e-4
+    close = lambda u, v: torch.allclose(u.double(), v, rtol=tol, atol=tol * max(1.0, v.abs().max().item() if v.numel() else 1.0))  # noqa: E731
+    if not close(out, ref.detach()):
+        return f"mismatch: output differs from the reference by {(out.double() - ref).abs().max().item():.3g}"
+    grad_out = torch.randn(out.shape, generator=g, dtype=case["dtype"])
+    inputs = [xr, wr] + ([br] if br is not None else [])
+    ours = torch.autograd.grad(out, inputs, grad_out, allow_unused=True)
+    theirs = torch.autograd.grad(ref, [x64, w64] + ([b64] if b64 is not None else []), grad_out.double(),
+                                 allow_unused=True)
+    for name, u, v in zip(("input", "weight", "bias"), ours, theirs):
+        u = torch.zeros_like(inputs[0 if name == "input" else 1 if name == "weight" else 2]) if u is None else u
+        v = torch.zeros_like(u, dtype=torch.float64) if v is None else v
+        if not torch.isfinite(u).all():
+            return f"mismatch: non-finite grad_{name}"
+        if not close(u, v):
+            return f"mismatch: grad_{name} differs from the reference by {(u.double() - v).abs().max().item():.3g}"
+    return "ok"
+
+
 # ----- direct calls of the registered ops with malformed arguments ---------------------------
 
 def _list(rng: random.Random):
@@ -195,9 +309,9 @@ def _list(rng: random.Random):
 
 def draw_direct(rng: random.Random) -> dict:
     return dict(
-        op=rng.choice(["conv", "scale_weight", "scale_taps", "scale_border_", "scale_border"]),
+        op=rng.choice(["conv", "conv_transpose", "scale_weight", "scale_taps", "scale_border_", "scale_border"]),
         rank=rng.choice([1, 2, 3, 4, 4, 5, 6]), sizes=[rng.randint(0, 5) for _ in range(6)],
-        lists=[_list(rng) for _ in range(4)], groups=rng.choice([-1, 0, 1, 2, 2**40]),
+        lists=[_list(rng) for _ in range(5)], groups=rng.choice([-1, 0, 1, 2, 2**40]),
         correction=rng.choice(["position", "kernel", "map", "none", "bogus", ""]),
         power=rng.choice([0.5, 1.0, -1.0, 0.0, float("nan"), float("inf"), 1e-300, 40.0, 400.0]),
         seed=rng.randrange(2**31), dtype=rng.choice(["float32", "float64", "float16", "int64"]),
@@ -210,18 +324,20 @@ def run_direct_case(case: dict) -> str:
     t = torch.ones(shape, dtype=dtype) if dtype == torch.int64 else torch.randn(shape).to(dtype)
     w = torch.randn(shape[:2] + [min(v, 3) for v in shape[2:]]).to(dtype) if dtype != torch.int64 else t
     ops = torch.ops.strideconv
-    a, b, c, d = case["lists"]
+    a, b, c, d, e = case["lists"]
     try:
         if case["op"] == "conv":
             ops.conv(t, w, None, a, b, c, case["groups"], case["correction"], case["power"])
+        elif case["op"] == "conv_transpose":
+            ops.conv_transpose(t, w, None, a, b, e, c, case["groups"], case["correction"], case["power"])
         elif case["op"] == "scale_weight":
-            ops.scale_weight(w, a, b, c, d, case["correction"], case["power"])
+            ops.scale_weight(w, a, b, c, d, case["correction"], case["power"], e)
         elif case["op"] == "scale_taps":
             ops.scale_taps(w, a, b, case["power"])
         elif case["op"] == "scale_border_":
-            ops.scale_border_(t, a, b, c, d, case["power"])
+            ops.scale_border_(t, a, b, c, d, case["power"], e)
         else:
-            ops.scale_border(t, a, b, c, d, case["power"])
+            ops.scale_border(t, a, b, c, d, case["power"], e)
     except (RuntimeError, ValueError, TypeError) as exc:
         message = str(exc)
         if not message.isprintable() and not all(ch.isprintable() or ch in "\n\t" for ch in message):
@@ -234,11 +350,15 @@ def run_direct_case(case: dict) -> str:
 
 def draw(seed: int, index: int) -> dict:
     rng = random.Random(seed * 1_000_003 + index)
-    return ({"kind": "direct"} | draw_direct(rng)) if rng.random() < 0.25 else ({"kind": "conv"} | draw_conv(rng))
+    r = rng.random()
+    if r < 0.2:
+        return {"kind": "direct"} | draw_direct(rng)
+    return ({"kind": "transposed"} | draw_transposed(rng)) if r < 0.45 else ({"kind": "conv"} | draw_conv(rng))
 
 
 def run_case(case: dict) -> str:
-    return run_direct_case(case) if case["kind"] == "direct" else run_conv_case(case)
+    run = {"direct": run_direct_case, "transposed": run_transposed_case, "conv": run_conv_case}[case["kind"]]
+    return run(case)
 
 
 if __name__ == "__main__":

@@ -56,3 +56,34 @@ def expected_grad_input(correction, power, x, w, grad_out, stride, padding, dila
     if mean == 0:  # no window touches the input: the true gradient is zero, alpha undefined
         return true
     return true * (K**power / mean.sqrt())
+
+
+_CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def transposed_count_map_by_ones(in_size, kernel, stride, padding, output_padding, dilation):
+    """C(j) of a transposed convolution: its output for an all-ones input and kernel (one channel)."""
+    x = torch.ones((1, 1) + tuple(in_size), dtype=torch.float64)
+    w = torch.ones((1, 1) + tuple(kernel), dtype=torch.float64)
+    return _CONV_TRANSPOSE[len(in_size)](x, w, None, stride, padding, output_padding, 1, dilation)[0, 0].round()
+
+
+def expected_conv_transpose(correction, power, x, w, b, stride, padding, output_padding, groups, dilation):
+    """The count-normalised transposed convolution as docs/design.md defines it, in plain torch ops
+    (differentiable: its autograd gives the reference gradients). Batched x; expanded int tuples."""
+    nd = x.dim() - 2
+    plain = _CONV_TRANSPOSE[nd]
+    kernel = tuple(w.shape[2:])
+    if correction == "kernel":
+        w = w * tap_factors(kernel, stride, dilation, power).to(w)
+    y = plain(x, w, None, stride, padding, output_padding, groups, dilation)
+    if correction in ("position", "map"):
+        C = transposed_count_map_by_ones(x.shape[2:], kernel, stride, padding, output_padding, dilation)
+        K = float(torch.tensor(kernel).prod())
+        if correction == "position":
+            y = y * torch.where(C > 0, (K / C.clamp(min=1)) ** power, torch.zeros_like(C)).to(y)
+        else:
+            mean = (C ** (2 * power)).mean()
+            if mean > 0:
+                y = y * float(K**power / mean.sqrt())
+    return y if b is None else y + b.reshape((-1,) + (1,) * nd)

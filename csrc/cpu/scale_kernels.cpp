@@ -75,8 +75,9 @@ void scale_band(at::Tensor& grad, const Geometry& g, double power) {
 
 void scale_border_inplace(
     at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, double power) {
-  const Geometry g = border_geometry(grad, kernel_size, stride, padding, dilation, power);
+    at::IntArrayRef padding, at::IntArrayRef dilation, double power,
+    at::IntArrayRef output_padding) {
+  const Geometry g = border_geometry(grad, kernel_size, stride, padding, dilation, power, output_padding);
   at::assert_no_internal_overlap(grad);
   if (grad.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "scale_border_cpu", [&] {

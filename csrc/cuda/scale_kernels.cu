@@ -62,8 +62,9 @@ __global__ void scale_taps_kernel(const scalar_t* src, scalar_t* dst,
 
 void scale_border_inplace(
     at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, double power) {
-  const Geometry g = border_geometry(grad, kernel_size, stride, padding, dilation, power);
+    at::IntArrayRef padding, at::IntArrayRef dilation, double power,
+    at::IntArrayRef output_padding) {
+  const Geometry g = border_geometry(grad, kernel_size, stride, padding, dilation, power, output_padding);
   at::assert_no_internal_overlap(grad);
   const BandWalk walk(grad, g);
   const int64_t items = walk.items();

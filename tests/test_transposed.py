@@ -1,0 +1,302 @@
+"""Transposed convolutions normalised by their count map (docs/design.md, "Transposed convolutions").
+
+The reference (tests/reference.py) is built from plain torch ops: the count map is
+F.conv_transpose of an all-ones input and kernel; the expected output is
+F.conv_transpose * factor + bias; every expected gradient is torch autograd through that.
+Random argument forms and malformed direct calls are in the differential fuzz (test_fuzz.py).
+"""
+
+import itertools
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import strideconv
+from helpers import DEVICES, same_error
+from reference import expected_conv_transpose, transposed_count_map_by_ones
+
+OURS_M = {1: strideconv.ConvTranspose1d, 2: strideconv.ConvTranspose2d, 3: strideconv.ConvTranspose3d}
+PLAIN_M = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+OURS_F = {1: strideconv.functional.conv_transpose1d, 2: strideconv.functional.conv_transpose2d,
+          3: strideconv.functional.conv_transpose3d}
+PLAIN_F = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+CORRECTED = ("position", "kernel", "map")
+
+
+def random_geometry(rng: random.Random, nd: int):
+    k = tuple(rng.randint(1, 5) for _ in range(nd))
+    s = tuple(rng.randint(1, 4) for _ in range(nd))
+    q = tuple(rng.randint(1, 3) for _ in range(nd))
+    p = tuple(rng.randint(0, 2) for _ in range(nd))
+    a = tuple(rng.randint(0, max(si, qi) - 1) for si, qi in zip(s, q))
+    size = tuple(rng.randint(1 + (pi > 0), 6 if nd < 3 else 4) for pi in p)
+    return k, s, p, a, q, size
+
+
+def operands(nd, k, size, groups, seed, device="cpu", dtype=torch.float64, bias=True):
+    g = torch.Generator().manual_seed(seed)
+    c_in, c_out = 2 * groups, 3 * groups
+    x = torch.randn((2, c_in) + size, generator=g, dtype=dtype).to(device)
+    w = torch.randn((c_in, c_out // groups) + k, generator=g, dtype=dtype).to(device)
+    b = torch.randn(c_out, generator=g, dtype=dtype).to(device) if bias else None
+    return x, w, b
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("correction", CORRECTED)
+@pytest.mark.parametrize("power", [0.5, 1.0, 0.3])
+def test_output_and_every_gradient_match_the_reference(nd, correction, power):
+    rng = random.Random(hash((nd, correction, power)) % 2**31)
+    for case in range(6):
+        k, s, p, a, q, size = random_geometry(rng, nd)
+        # the output must not be empty
+        if any((L - 1) * si - 2 * pi + qi * (ki - 1) + ai + 1 < 1 for L, ki, si, pi, ai, qi in zip(size, k, s, p, a, q)):
+            continue
+        groups = rng.choice([1, 2])
+        x, w, b = operands(nd, k, size, groups, seed=case)
+        x.requires_grad_(), w.requires_grad_(), b.requires_grad_()
+        ours = OURS_F[nd](x, w, b, s, p, a, groups, q, correction=correction, power=power)
+        ref = expected_conv_transpose(correction, power, x, w, b, s, p, a, groups, q)
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+        grad_out = torch.randn_like(ours)
+        got = torch.autograd.grad(ours, (x, w, b), grad_out)
+        want = torch.autograd.grad(ref, (x, w, b), grad_out)
+        for u, v in zip(got, want):
+            torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_none_is_torch_bit_for_bit(device, nd):
+    torch.manual_seed(0)
+    plain = PLAIN_M[nd](4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, device=device)
+    torch.manual_seed(0)
+    ours = OURS_M[nd](4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, device=device, correction="none")
+    x = torch.randn((2, 4) + (5,) * nd, device=device, requires_grad=True)
+    y0, y1 = plain(x), ours(x)
+    assert torch.equal(y0, y1)
+    g0 = torch.autograd.grad(y0.square().sum(), (x, plain.weight, plain.bias))
+    g1 = torch.autograd.grad(y1.square().sum(), (x, ours.weight, ours.bias))
+    for u, v in zip(g0, g1):
+        assert torch.equal(u, v)
+    assert torch.equal(plain(x[0]), ours(x[0]))  # unbatched
+    size = [9] * nd  # output_padding 0 instead of the stored 1
+    assert torch.equal(plain(x, output_size=size), ours(x, output_size=size))
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_modules_match_torch_in_init_state_and_repr(nd):
+    torch.manual_seed(3)
+    plain = PLAIN_M[nd](4, 6, (3,) * nd, stride=2, padding=1, output_padding=1, groups=2, bias=True, dilation=1)
+    torch.manual_seed(3)
+    ours = OURS_M[nd](4, 6, (3,) * nd, stride=2, padding=1, output_padding=1, groups=2, bias=True, dilation=1)
+    assert list(plain.state_dict()) == list(ours.state_dict())
+    for key, value in plain.state_dict().items():
+        assert torch.equal(value, ours.state_dict()[key])
+    assert repr(ours) == repr(plain)[:-1] + ", correction='position', power=0.5)"
+    draws = []
+    for cls in (PLAIN_M[nd], OURS_M[nd]):  # the same number of draws from the RNG
+        torch.manual_seed(3)
+        cls(4, 6, 3)
+        draws.append(torch.rand(()))
+    assert draws[0] == draws[1]
+    ours.load_state_dict(plain.state_dict())
+    assert isinstance(ours, PLAIN_M[nd])
+
+
+def test_refusals_match_torch():
+    same_error(lambda: nn.ConvTranspose2d(4, 6, 3, padding_mode="reflect"),
+               lambda: strideconv.ConvTranspose2d(4, 6, 3, padding_mode="reflect"))
+    x, w, b = operands(2, (3, 3), (5, 5), 1, seed=0)
+    cases = [
+        dict(output_padding=2, stride=2),  # output_padding >= stride and dilation
+        dict(stride=0),
+        dict(output_padding=-1),
+        dict(stride=(1, 2, 3)),
+        dict(bias=torch.zeros(5, dtype=torch.float64)),
+        dict(bias=torch.zeros(3)),  # a float bias with float64 input: torch runs it
+        dict(padding=-1),
+    ]
+    for kwargs in cases:
+        for correction in ("position", "kernel", "map", "none"):
+            same_outcome(lambda: F.conv_transpose2d(x, w, **{"bias": b} | kwargs),
+                         lambda: strideconv.functional.conv_transpose2d(x, w, **{"bias": b} | kwargs,
+                                                                         correction=correction))
+    xf, wf = x.float(), w.float()  # a float64 bias with float32 input: torch refuses it
+    same_outcome(lambda: F.conv_transpose2d(xf, wf, b), lambda: strideconv.functional.conv_transpose2d(xf, wf, b))
+    same_type(lambda: F.conv_transpose2d(x[0, 0], w), lambda: strideconv.functional.conv_transpose2d(x[0, 0], w))
+    same_error(lambda: F.conv_transpose2d(x[0, 0], w), lambda: strideconv.functional.conv_transpose2d(x[0, 0], w))
+    with pytest.raises(ValueError, match="correction"):
+        strideconv.ConvTranspose2d(4, 6, 3, correction="bogus")
+    with pytest.raises(ValueError, match="power"):
+        strideconv.functional.conv_transpose2d(x, w, power=0.0)
+
+
+def same_type(call_plain, call_ours):
+    errors = []
+    for call in (call_plain, call_ours):
+        with pytest.raises(Exception) as info:
+            call()
+        errors.append(info.value)
+    assert type(errors[0]) is type(errors[1]), errors
+
+
+def same_outcome(call_plain, call_ours):
+    """Both raise the same exception type, or both run to outputs of one shape."""
+    try:
+        expected = call_plain()
+    except Exception:
+        same_type(call_plain, call_ours)
+        return
+    assert call_ours().shape == expected.shape
+
+
+def test_count_map_against_the_all_ones_transposed_convolution():
+    rng = random.Random(5)
+    for nd in (1, 2, 3):
+        for _ in range(20):
+            k, s, p, a, q, size = random_geometry(rng, nd)
+            try:
+                want = transposed_count_map_by_ones(size, k, s, p, a, q)
+            except RuntimeError:  # empty output
+                continue
+            got = strideconv.transposed_count_map(size, k, s, p, a, q)
+            assert torch.equal(got.double(), want)
+
+
+def test_power_one_makes_constant_inputs_a_mean():
+    """Constant input c and kernel v: each output with C(j) > 0 contributions becomes K * c * v."""
+    x = torch.full((1, 1, 7, 6), 0.5, dtype=torch.float64)
+    w = torch.full((1, 1, 3, 3), 2.0, dtype=torch.float64)
+    y = strideconv.functional.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1, power=1.0)
+    torch.testing.assert_close(y, torch.full_like(y, 9 * 0.5 * 2.0))
+    plain = F.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1)
+    assert plain.unique().numel() > 1  # the plain one is not constant: that is the defect
+
+
+def test_power_half_equalises_the_output_variance():
+    """At random init, Var[y(j)] is proportional to C(j); with power 0.5 every stride phase has
+    the variance of a K-tap stride-1 layer."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 32, 8, 8, dtype=torch.float64)
+    w = torch.randn(32, 64, 3, 3, dtype=torch.float64) / math.sqrt(32 * 9)
+    plain = F.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1)
+    ours = strideconv.functional.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1)
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))
+    phases = lambda y: torch.stack([y[inner][..., i::2, j::2].var() for i in (0, 1) for j in (0, 1)])  # noqa: E731
+    vp, vo = phases(plain), phases(ours)
+    assert vp.max() / vp.min() > 3  # the [4 2; 2 1] cell (relative to the 1-window phase)
+    assert vo.max() / vo.min() < 1.2
+    torch.testing.assert_close(vo, torch.full_like(vo, 1.0), rtol=0.15, atol=0)
+
+
+@pytest.mark.parametrize("correction", CORRECTED + ("none",))
+def test_gradcheck_and_gradgradcheck(correction):
+    x, w, b = operands(2, (3, 2), (3, 4), 1, seed=1)
+    for t in (x, w, b):
+        t.requires_grad_()
+    fn = lambda x, w, b: strideconv.functional.conv_transpose2d(  # noqa: E731
+        x, w, b, (2, 3), (1, 0), (1, 2), 1, (1, 2), correction=correction, power=0.7)
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+    assert torch.autograd.gradgradcheck(fn, (x, w, b))
+
+
+@pytest.mark.parametrize("correction", CORRECTED + ("none",))
+def test_opcheck(correction):
+    x, w, b = operands(2, (3, 3), (4, 5), 1, seed=2, dtype=torch.float32)
+    for args in [
+        (x, w, b, [2, 2], [1, 1], [1, 1], [1, 1], 1, correction, 0.5),
+        (x.requires_grad_(), w.requires_grad_(), None, [2], [0], [0], [1], 1, correction, 1.0),
+    ]:
+        torch.library.opcheck(torch.ops.strideconv.conv_transpose.default, args)
+
+
+@pytest.mark.parametrize("correction", CORRECTED)
+def test_compile_and_export(correction):
+    m = strideconv.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1, correction=correction)
+    x = torch.randn(2, 4, 6, 5, requires_grad=True)
+    eager = m(x)
+    compiled = torch.compile(m, fullgraph=True)(x)
+    torch.testing.assert_close(compiled, eager)
+    (g0,) = torch.autograd.grad(eager.sum(), x)
+    (g1,) = torch.autograd.grad(compiled.sum(), x)
+    torch.testing.assert_close(g1, g0)
+    exported = torch.export.export(m, (x.detach(),))
+    torch.testing.assert_close(exported.module()(x.detach()), eager.detach())
+
+
+def test_channels_last_and_autocast():
+    m = strideconv.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1)
+    x = torch.randn(2, 8, 6, 6)
+    y = m(x)
+    y_cl = m.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(y_cl, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_bf = m(x)
+    assert y_bf.dtype == torch.bfloat16
+    torch.testing.assert_close(y_bf.float(), y, rtol=0.05, atol=0.05)
+
+
+def test_torchscript():
+    m = strideconv.ConvTranspose2d(4, 3, 3, stride=2, padding=1, correction="position")
+    x = torch.randn(2, 4, 5, 5)
+    scripted = torch.jit.script(m)
+    torch.testing.assert_close(scripted(x), m(x))
+    torch.testing.assert_close(scripted(x[0]), m(x[0]))
+    torch.testing.assert_close(scripted(x, [10, 10]), m(x, output_size=[10, 10]))
+
+
+@pytest.mark.parametrize("correction", CORRECTED)
+def test_onnx_export_keeps_the_normalisation(tmp_path, correction):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    m = strideconv.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1, correction=correction).eval()
+    x = torch.randn(1, 4, 5, 6)
+    path = str(tmp_path / "m.onnx")
+    torch.onnx.export(m, (x,), path, dynamo=False)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(out), m(x).detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_devices_agree_with_the_reference(device):
+    x, w, b = operands(2, (4, 3), (5, 6), 2, seed=4, device=device, dtype=torch.float32)
+    for correction, power in itertools.product(CORRECTED, (0.5, 1.0)):
+        y = strideconv.functional.conv_transpose2d(x, w, b, 2, 1, 0, 2, 1, correction=correction, power=power)
+        ref = expected_conv_transpose(correction, power, x.cpu().double(), w.cpu().double(), b.cpu().double(),
+                                      (2, 2), (1, 1), (0, 0), 2, (1, 1))
+        torch.testing.assert_close(y.cpu().double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_convert_and_revert_transposed_layers():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, 2, 1), nn.ConvTranspose2d(4, 2, 3, 2, 1, 1), nn.ConvTranspose2d(2, 2, 3))
+    weight = model[1].weight
+    strideconv.convert(model)
+    assert type(model[1]) is nn.ConvTranspose2d  # off by default: it would change the forward
+    strideconv.convert(model, transposed=True, power=1.0)
+    assert type(model[1]) is strideconv.ConvTranspose2d and model[1].weight is weight and model[1].power == 1.0
+    assert type(model[2]) is nn.ConvTranspose2d  # stride 1
+    strideconv.revert(model)
+    assert type(model[1]) is nn.ConvTranspose2d and type(model[0]) is nn.Conv2d
+    with pytest.raises(ValueError, match="transposed"):
+        strideconv.convert(model, transposed="yes")
+
+
+def test_report_lists_transposed_layers_over_their_output():
+    model = nn.Sequential(nn.ConvTranspose2d(1, 2, 3, 2, 1, 1), nn.ConvTranspose2d(2, 2, 4, 2, 1))
+    rows = strideconv.report(model, torch.zeros(1, 1, 8, 8))
+    assert [r.input_size for r in rows] == [(16, 16), (32, 32)]
+    assert rows[0].cell == "[1 2; 2 4]" and rows[1].cell == "[4 4; 4 4]"
+    C = transposed_count_map_by_ones((8, 8), (3, 3), (2, 2), (1, 1), (1, 1), (1, 1))
+    assert rows[0].deficit == pytest.approx(C.mean().item() / 9)
+
+
+def test_meta_tensors_give_torch_shapes():
+    x = torch.empty(2, 4, 5, 6, device="meta")
+    w = torch.empty(4, 3, 3, 3, device="meta")
+    y = torch.ops.strideconv.conv_transpose(x, w, None, [2], [1], [1], [1], 1, "position", 0.5)
+    assert y.shape == F.conv_transpose2d(torch.zeros(2, 4, 5, 6), torch.zeros(4, 3, 3, 3), None, 2, 1, 1).shape
