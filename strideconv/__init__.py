@@ -19,7 +19,7 @@ except ImportError as exc:  # no silent fallback to plain convolutions
     ) from exc
 
 from . import _fake_kernels  # noqa: F401,E402  (shapes for torch.compile and meta tensors)
-from . import functional, init  # noqa: E402
+from . import functional, init, metrics  # noqa: E402
 from ._arguments import CORRECTIONS  # noqa: E402
 from .factors import Factors, correction_factors, count_map, transposed_count_map, transposed_factors  # noqa: E402
 from .convert import convert, revert  # noqa: E402
@@ -31,6 +31,6 @@ from ._report import report  # noqa: E402
 __version__ = "0.1.0"
 __all__ = [
     "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "AvgPool2d",
-    "functional", "init", "convert", "revert", "report", "count_map", "correction_factors", "Factors",
+    "functional", "init", "metrics", "convert", "revert", "report", "count_map", "correction_factors", "Factors",
     "transposed_count_map", "transposed_factors", "CORRECTIONS",
 ]
