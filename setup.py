@@ -94,6 +94,7 @@ def extensions():
         "python.cpp",
         "conv.cpp",
         "options.cpp",
+        "output_factors.cpp",
         "autograd.cpp",
         "autocast.cpp",
         "cpu/scale_kernels.cpp",

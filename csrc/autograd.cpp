@@ -23,6 +23,7 @@
 
 #include "ops.h"
 #include "options.h"
+#include "output_factors.h"
 
 namespace strideconv {
 namespace {
@@ -179,47 +180,47 @@ class ConvTransposeFunction : public torch::autograd::Function<ConvTransposeFunc
     std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
     if (!differentiable) below_autograd.emplace();
 
-    at::Tensor grad = grads[0];
-    // The bias is added after the output scaling: its gradient is the plain sum.
-    at::Tensor grad_bias_sum;
-    if (need_bias && position) {
-      std::vector<int64_t> dims{0};
-      for (int d = 0; d < o.ndim; ++d) dims.push_back(2 + d);
-      grad_bias_sum = grad.sum(dims);
-    }
-    const bool scaled_weight =
-        o.correction == Correction::Map ||
-        (o.correction != Correction::None &&
-         !taps_trivial(kernel_size, o.stride_list(), o.dilation_list()));
-    const auto output_size = grad.sym_sizes().slice(2);
-    at::Tensor w = weight;
+    const at::Tensor& grad = grads[0];
     at::Tensor grad_input, grad_weight, grad_bias;
-    if (need_input || need_weight) {
-      if (scaled_weight) {
-        w = call_scale_weight(weight, output_size, o.stride_list(), o.padding_list(),
-                              o.dilation_list(), correction_name(o.correction), o.power,
-                              o.output_padding_list());
+    // "position" always scales the incoming gradient (a full pass, which the band alone
+    // would need too, as that tensor is not ours to scale in place); "kernel" and "map"
+    // when that is cheaper than scaling the weight and its gradient; "none" never.
+    if (position || (o.correction != Correction::None && weight.sym_numel() * 2 >= grad.sym_numel())) {
+      if (need_bias) {  // the bias is added after the scaling: its gradient is the plain sum
+        std::vector<int64_t> dims{0};
+        for (int d = 0; d < o.ndim; ++d) dims.push_back(2 + d);
+        grad_bias = grad.sum(dims);
       }
-      if (position) {
-        grad = call_scale_border(grad, kernel_size, o.stride_list(), o.padding_list(),
-                                 o.dilation_list(), o.power, o.output_padding_list());
+      if (need_input || need_weight) {
+        const at::Tensor factors = call_output_factors(
+            grad.detach(), kernel_size, o.stride_list(), o.padding_list(), o.dilation_list(),
+            o.output_padding_list(), correction_name(o.correction), o.power);
+        std::tie(grad_input, grad_weight, std::ignore) = at::convolution_backward_symint(
+            grad.mul(factors), input, weight, std::nullopt, c10::fromIntArrayRefSlow(o.stride_list()),
+            c10::fromIntArrayRefSlow(o.padding_list()), c10::fromIntArrayRefSlow(o.dilation_list()),
+            /*transposed=*/true, c10::fromIntArrayRefSlow(o.output_padding_list()),
+            c10::SymInt(o.groups), {need_input, need_weight, false});
       }
-    }
-    const bool bias_from_backward = need_bias && !position;
-    if (need_input || need_weight || bias_from_backward) {
-      const BiasSizes bias(weight.sym_size(1) * o.groups, bias_from_backward);
+    } else {
+      // The weight scaled as in the forward; ATen's bias gradient is the true one.
+      const bool scaled = o.correction == Correction::Map ||
+                          (o.correction == Correction::Kernel &&
+                           !taps_trivial(kernel_size, o.stride_list(), o.dilation_list()));
+      const auto output_size = grad.sym_sizes().slice(2);
+      const auto scale = [&](const at::Tensor& t) {
+        return call_scale_weight(t, output_size, o.stride_list(), o.padding_list(), o.dilation_list(),
+                                 correction_name(o.correction), o.power, o.output_padding_list());
+      };
+      const BiasSizes bias(weight.sym_size(1) * o.groups, need_bias);
       std::tie(grad_input, grad_weight, grad_bias) = at::convolution_backward_symint(
-          grad, input, w, bias.sizes, c10::fromIntArrayRefSlow(o.stride_list()),
-          c10::fromIntArrayRefSlow(o.padding_list()), c10::fromIntArrayRefSlow(o.dilation_list()),
-          /*transposed=*/true, c10::fromIntArrayRefSlow(o.output_padding_list()),
-          c10::SymInt(o.groups), {need_input, need_weight, bias_from_backward});
+          grad, input, scaled && (need_input || need_weight) ? scale(weight) : weight, bias.sizes,
+          c10::fromIntArrayRefSlow(o.stride_list()), c10::fromIntArrayRefSlow(o.padding_list()),
+          c10::fromIntArrayRefSlow(o.dilation_list()), /*transposed=*/true,
+          c10::fromIntArrayRefSlow(o.output_padding_list()), c10::SymInt(o.groups),
+          {need_input, need_weight, need_bias});
+      // the adjoint of a diagonal scaling is itself
+      if (need_weight && scaled) grad_weight = scale(grad_weight);
     }
-    if (need_weight && scaled_weight) {  // the adjoint of a diagonal scaling is itself
-      grad_weight = call_scale_weight(grad_weight, output_size, o.stride_list(), o.padding_list(),
-                                      o.dilation_list(), correction_name(o.correction), o.power,
-                                      o.output_padding_list());
-    }
-    if (grad_bias_sum.defined()) grad_bias = grad_bias_sum;
     return {grad_input,   grad_weight,  grad_bias,    at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }

@@ -15,6 +15,7 @@
 
 #include "ops.h"
 #include "options.h"
+#include "output_factors.h"
 
 namespace strideconv {
 namespace {
@@ -69,10 +70,13 @@ std::vector<int64_t> transposed_lengths(at::IntArrayRef input_lengths, at::IntAr
 }
 
 // The count-normalised transposed convolution (docs/design.md, "Transposed
-// convolutions"): ONE ATen transposed convolution with the weight that
-// `scale_weight` gives over the output (tap-scaled for "kernel" and "position",
-// alpha * weight for "map"), then, for "position", the border band scaled in
-// place and the bias added; the other corrections let ATen add the bias.
+// convolutions"): ONE ATen transposed convolution, normalised the cheaper way.
+// - On the weight: the weight `scale_weight` gives over the output (tap-scaled for
+//   "kernel" and "position", alpha * weight for "map"), ATen adding the bias; for
+//   "position" the bias is added after the border band of the output is scaled in place.
+// - On the output, when the weight is the larger tensor (decoders' early layers): the
+//   plain weight, then one elementwise pass with the output factor map (or alpha) that
+//   also adds the bias.
 // "none" is at::convolution itself, so it is F.conv_transposeNd bit for bit.
 at::Tensor conv_transpose(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -87,35 +91,51 @@ at::Tensor conv_transpose(
   };
   if (kind == Correction::None) return plain(bias);
   const bool with_bias = bias.has_value() && bias->defined();
-  const bool position = kind == Correction::Position;
   // The scaled weight needs the checked options (and the output lengths) before the
   // convolution runs. Where our checks refuse the arguments and ATen refuses them
   // too, ATen's error (torch's) comes first; only the error path pays for that call.
   ConvOptions o;
-  std::vector<int64_t> lengths;
+  Geometry g;
   try {
     check_operand(weight, "weight", "(in, out / groups, *kernel)");
     TORCH_CHECK_VALUE(input.dim() == weight.dim(), "strideconv: expected a batched input of ",
                       std::to_string(weight.dim()), " dims, got ", std::to_string(input.dim()));
-    // "position" adds the bias itself: check it as ATen would.
-    TORCH_CHECK_VALUE(!position || !with_bias ||
-                          (bias->dim() == 1 && bias->size(0) == weight.size(1) * groups &&
-                           bias->device() == input.device()),
+    // The bias may be added by us: check it as ATen would.
+    TORCH_CHECK_VALUE(!with_bias || (bias->dim() == 1 && bias->size(0) == weight.size(1) * groups &&
+                                     bias->device() == input.device()),
                       "strideconv: expected a bias of one value per output channel");
     // ATen accepts some mixed input and bias dtypes and refuses others, by backend.
-    if (position && with_bias && bias->dtype() != input.dtype()) (void)plain(bias);
+    if (with_bias && bias->dtype() != input.dtype()) (void)plain(bias);
     o = conv_options(weight.dim() - 2, stride, padding, dilation, groups, kind, power, output_padding);
-    lengths = transposed_lengths(input.sizes().slice(2), weight.sizes().slice(2), o);
-    check_factors_fit(make_geometry(lengths, weight.sizes().slice(2), o.stride_list(),
-                                    o.padding_list(), o.dilation_list(), o.output_padding_list()),
-                      kind, power, weight.scalar_type());
+    g = make_geometry(transposed_lengths(input.sizes().slice(2), weight.sizes().slice(2), o),
+                      weight.sizes().slice(2), o.stride_list(), o.padding_list(), o.dilation_list(),
+                      o.output_padding_list());
+    check_factors_fit(g, kind, power, weight.scalar_type());
   } catch (const c10::Error&) {
     (void)plain(bias);
     throw;
   }
+  std::vector<int64_t> channel_shape(input.dim(), 1);  // a bias broadcast over (N, C, *spatial)
+  channel_shape[1] = -1;
+  int64_t output_numel = input.size(0) * weight.size(1) * groups;
+  for (int d = 0; d < g.ndim; ++d) output_numel *= g.axis[d].length;
   const auto kernel_size = weight.sizes().slice(2);
+
+  if (output_is_cheaper(weight.numel(), 1, output_numel)) {
+    at::Tensor out = plain(std::nullopt);
+    if (kind == Correction::Map) {
+      const double alpha = map_alpha(g, power);
+      return with_bias ? at::add(bias->view(channel_shape), out, alpha) : out.mul_(alpha);
+    }
+    const at::Tensor factors = output_factor_map(g, kind, power, out.scalar_type(), out.device());
+    return with_bias ? at::addcmul(bias->view(channel_shape), out, factors) : out.mul_(factors);
+  }
+
+  const bool position = kind == Correction::Position;
   at::Tensor w = weight;
   if (kind == Correction::Map || !taps_trivial(kernel_size, o.stride_list(), o.dilation_list())) {
+    std::vector<int64_t> lengths;
+    for (int d = 0; d < g.ndim; ++d) lengths.push_back(g.axis[d].length);
     w = call_scale_weight(weight, c10::fromIntArrayRefSlow(lengths), o.stride_list(), o.padding_list(),
                           o.dilation_list(), correction, power, o.output_padding_list());
   }
@@ -124,13 +144,28 @@ at::Tensor conv_transpose(
   if (position) {
     call_scale_border_(out, kernel_size, o.stride_list(), o.padding_list(), o.dilation_list(), power,
                        o.output_padding_list());
-    if (with_bias) {
-      std::vector<int64_t> shape(out.dim(), 1);
-      shape[1] = -1;
-      out.add_(bias->view(shape));
-    }
+    if (with_bias) out.add_(bias->view(channel_shape));
   }
   return out;
+}
+
+// The factors of output_factors.h for a transposed convolution's output or gradient
+// `like`, as a fresh tensor (callers may be traced by torch.compile, which may reuse an
+// op's output buffer: the cached map itself is never handed out here).
+at::Tensor output_factors(
+    const at::Tensor& like, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, at::IntArrayRef output_padding,
+    c10::string_view correction, double power) {
+  const Correction kind = parse_correction(correction);
+  check_power(power);
+  check_operand(like, "output", "(batch, channels, *spatial)");
+  TORCH_CHECK_VALUE(kind != Correction::None, "strideconv: output_factors needs a correction other than 'none'");
+  const Geometry g = make_geometry(like.sizes().slice(2), kernel_size, stride, padding, dilation, output_padding);
+  check_factors_fit(g, kind, power, like.scalar_type());
+  if (kind == Correction::Map) {
+    return at::full(std::vector<int64_t>(like.dim(), 1), map_alpha(g, power), like.options());
+  }
+  return output_factor_map(g, kind, power, like.scalar_type(), like.device()).clone();
 }
 
 // The weight whose input gradient is the corrected one: "none" a copy, "map"
@@ -198,6 +233,16 @@ at::Tensor call_conv_transpose(
                  power);
 }
 
+at::Tensor call_output_factors(
+    const at::Tensor& like, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, at::IntArrayRef output_padding,
+    c10::string_view correction, double power) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("strideconv::output_factors", "")
+                             .typed<decltype(output_factors)>();
+  return op.call(like, kernel_size, stride, padding, dilation, output_padding, correction, power);
+}
+
 at::Tensor call_scale_weight(
     const at::Tensor& weight, c10::SymIntArrayRef input_size, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view correction, double power,
@@ -250,6 +295,11 @@ TORCH_LIBRARY(strideconv, m) {
   m.def(
       "conv_transpose(Tensor input, Tensor weight, Tensor? bias, int[] stride, int[] padding, "
       "int[] output_padding, int[] dilation, int groups, str correction, float power) -> Tensor");
+  // The factor of each output position of a normalised transposed convolution
+  // whose output (or gradient) is `like` (alpha alone for "map").
+  m.def(
+      "output_factors(Tensor like, int[] kernel_size, int[] stride, int[] padding, int[] dilation, "
+      "int[] output_padding, str correction, float power) -> Tensor");
   // The weight whose transposed convolution gives the corrected input
   // gradient ("map": alpha * w; "kernel"/"position": tap-scaled w), or, with
   // output_padding given, the normalised output of a transposed convolution.
@@ -272,6 +322,7 @@ TORCH_LIBRARY(strideconv, m) {
 TORCH_LIBRARY_IMPL(strideconv, CompositeExplicitAutograd, m) {
   m.impl("conv", &conv);
   m.impl("conv_transpose", &conv_transpose);
+  m.impl("output_factors", &output_factors);
   m.impl("scale_weight", &scale_weight);
   m.impl("scale_border", &scale_border);
 }

@@ -21,6 +21,14 @@ at::Tensor call_conv_transpose(
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
     at::IntArrayRef dilation, int64_t groups, c10::string_view correction, double power);
 
+// The output factors of a normalised transposed convolution whose output (or gradient) is
+// `like`: (1, 1, *spatial) for "position" and "kernel", alpha as (1, 1, 1, ...) for "map"; a
+// fresh tensor (output_factors.h).
+at::Tensor call_output_factors(
+    const at::Tensor& like, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, at::IntArrayRef output_padding,
+    c10::string_view correction, double power);
+
 // The lists of the scalings below describe a strided convolution over a tensor
 // of `input_size` (the size of `grad`), or, with output_padding, the output of a
 // transposed convolution (an empty output_padding: all zeros).

@@ -21,6 +21,13 @@ def _conv_transpose_fake(input, weight, bias, stride, padding, output_padding, d
     return torch.ops.aten.convolution(input, weight, bias, stride, padding, dilation, True, output_padding, groups)
 
 
+@torch.library.register_fake("strideconv::output_factors")
+def _output_factors_fake(like, kernel_size, stride, padding, dilation, output_padding, correction, power):
+    if correction == "map":
+        return like.new_empty((1,) * like.dim())
+    return like.new_empty((1, 1) + tuple(like.shape[2:]))
+
+
 @torch.library.register_fake("strideconv::scale_weight")
 def _scale_weight_fake(weight, input_size, stride, padding, dilation, correction, power, output_padding=()):
     return torch.empty_like(weight)

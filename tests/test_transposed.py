@@ -69,6 +69,31 @@ def test_output_and_every_gradient_match_the_reference(nd, correction, power):
             torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("correction", CORRECTED)
+@pytest.mark.parametrize("regime", ["large weight, small output", "small weight, large output"])
+def test_both_ways_of_normalising_match_the_reference(correction, regime):
+    """The operator scales the output (and the incoming gradient) when the weight is the larger
+    tensor, the weight otherwise: both give the same function and gradients."""
+    if regime.startswith("large weight"):
+        c_in, c_out, size = 24, 16, (2, 3)  # weight 3456 elements, output 2*16*4*6 = 768
+    else:
+        c_in, c_out, size = 2, 1, (12, 11)  # weight 18 elements, output 2*1*24*22
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn((2, c_in) + size, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn((c_in, c_out, 3, 3), generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(c_out, generator=g, dtype=torch.float64, requires_grad=True)
+    for power in (0.5, 1.0):
+        ours = strideconv.functional.conv_transpose2d(x, w, b, 2, 1, 1, correction=correction, power=power)
+        ref = expected_conv_transpose(correction, power, x, w, b, (2, 2), (1, 1), (1, 1), 1, (1, 1))
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+        grad_out = torch.randn(ours.shape, generator=g, dtype=torch.float64)
+        for u, v in zip(torch.autograd.grad(ours, (x, w, b), grad_out), torch.autograd.grad(ref, (x, w, b), grad_out)):
+            torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10)
+    small = (x[:1, :, :2, :2].detach().requires_grad_(), w.detach().requires_grad_(), b.detach().requires_grad_())
+    fn = lambda x, w, b: strideconv.functional.conv_transpose2d(x, w, b, 2, 1, 1, correction=correction)  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, small)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("nd", [1, 2, 3])
 def test_none_is_torch_bit_for_bit(device, nd):

@@ -1,0 +1,181 @@
+"""Transposed convolutions: speed and memory of strideconv.ConvTranspose2d's normalised forward
+against F.conv_transpose2d and against the plain-op normalisation a user would write; and the
+output-variance map at random initialisation, plain and normalised."""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import nullcontext
+from typing import List
+
+import torch
+import torch.nn.functional as F
+
+import strideconv
+from strideconv.functional import conv_transpose2d
+from strideconv.metrics import phase_energy_ratio
+
+from common import CORRECTIONS, Timer, fmt, interleaved_medians, keep_freed_memory, tqdm
+
+# name, in, out, kernel, stride, padding, output padding, input size
+SHAPES = [
+    ("DCGAN 4x4/2, 8->16", 256, 128, 4, 2, 1, 0, 8),
+    ("DCGAN 4x4/2, 16->32", 128, 64, 4, 2, 1, 0, 16),
+    ("DCGAN 4x4/2, 32->64", 64, 3, 4, 2, 1, 0, 32),
+    ("3x3/2 up, 8->16", 256, 128, 3, 2, 1, 1, 8),
+    ("3x3/2 up, 16->32", 128, 64, 3, 2, 1, 1, 16),
+    ("3x3/2 up, 32->64", 64, 32, 3, 2, 1, 1, 32),
+    ("U-Net decoder 2x2/2, 32->64", 128, 64, 2, 2, 0, 0, 32),
+    ("ConvNeXt-style 4x4/4, 56->224", 96, 3, 4, 4, 0, 0, 56),
+]
+PLAIN = "F.conv_transpose2d"
+PLAIN_OPS = "plain ops"  # F.conv_transpose2d, times a precomputed factor map, plus the bias
+
+
+def make_variants(x, w, b, s, p, a, factor_map):
+    inputs = (x, w, b)
+    bias_view = b.view(1, -1, 1, 1)
+
+    calls = {
+        PLAIN: lambda: F.conv_transpose2d(x, w, b, s, p, a),
+        PLAIN_OPS: lambda: F.conv_transpose2d(x, w, None, s, p, a) * factor_map + bias_view,
+    }
+    calls.update({c: (lambda c: lambda: conv_transpose2d(x, w, b, s, p, a, correction=c))(c) for c in CORRECTIONS})
+    grad_out = torch.randn_like(calls[PLAIN]().detach())
+
+    def train_step(fwd):
+        return lambda: torch.autograd.grad(fwd(), inputs, grad_out)
+
+    def fwd_only(fwd):
+        def step():
+            with torch.no_grad():
+                return fwd()
+        return step
+
+    return {k: train_step(f) for k, f in calls.items()}, {k: fwd_only(f) for k, f in calls.items()}
+
+
+def speed_table(device, quick):
+    cuda = device.startswith("cuda")
+    kept = False if cuda else keep_freed_memory()
+    batch = (8 if quick else 32) if cuda else (1 if quick else 4)
+    rounds, reps = (3, 2) if quick else ((15, 10) if cuda else (15, 3))
+    modes = [("float32", False)] + ([("bf16 autocast", True)] if cuda else [])
+    shapes = [SHAPES[1], SHAPES[4]] if quick else SHAPES
+    timer, rows = Timer(device), []
+    for dtype_name, autocast in modes:
+        for name, cin, cout, k, s, p, a, size in tqdm(shapes, desc=f"transposed {dtype_name}", file=sys.stdout):
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(batch, cin, size, size, generator=gen).to(device).requires_grad_()
+            w = torch.randn(cin, cout, k, k, generator=gen).div_((cin * k * k) ** 0.5).to(device).requires_grad_()
+            b = torch.zeros(cout, device=device, requires_grad=True)
+            factor_map = strideconv.transposed_factors((size, size), k, s, p, a).position
+            factor_map = factor_map.to(device, torch.bfloat16 if autocast else torch.float32)
+            ctx = torch.autocast(device.split(":")[0], torch.bfloat16) if autocast else nullcontext()
+            with ctx:
+                train, fwd = make_variants(x, w, b, s, p, a, factor_map)
+                med = interleaved_medians(train, fwd, timer, range(rounds), reps)
+                memory = peak_memory(train, device) if cuda else {}
+            for n in train:
+                rows.append(dict(
+                    shape=name, dtype=dtype_name, batch=batch, variant=n,
+                    train_s=med[("train", n)], fwd_s=med[("fwd", n)],
+                    train_ratio=med[("train", n)] / med[("train", PLAIN)],
+                    fwd_ratio=med[("fwd", n)] / med[("fwd", PLAIN)],
+                    vs_plain_ops=med[("train", n)] / med[("train", PLAIN_OPS)],
+                    peak_mem_ratio=memory.get(n),
+                ))
+    return rows, dict(batch=batch, rounds=rounds, reps=reps, malloc_kept=kept)
+
+
+def peak_memory(train, device):
+    out = {}
+    for n, step in train.items():
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        out[n] = torch.cuda.max_memory_allocated(device) - base
+    return {n: (v / out[PLAIN] if out[PLAIN] else None) for n, v in out.items()}
+
+
+def output_variance_map(k, s, p, a, size, correction, draws, device):
+    """Var[y(j)] at random init (input and weight N(0, 1), no bias), per output position, over
+    independent draws run side by side as groups; correction None is plain F.conv_transpose2d."""
+    gen = torch.Generator(device=device).manual_seed(11)
+    c = 3
+    x = torch.randn(1, draws * c, size, size, generator=gen, device=device)
+    w = torch.randn(draws * c, 1, k, k, generator=gen, device=device)
+    if correction is None:
+        y = F.conv_transpose2d(x, w, None, s, p, a, groups=draws)
+    else:
+        y = conv_transpose2d(x, w, None, s, p, a, groups=draws, correction=correction)
+    return y.reshape(draws, *y.shape[-2:]).double().pow(2).mean(0).cpu()
+
+
+def variance_pictures(out_dir, device, quick):
+    """The output-variance map plain vs normalised, with the stride-phase ratio of each (border
+    excluded); returns the picture names and the ratios."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    draws = 200 if quick else 2000
+    files, ratios = [], []
+    for k, s, p, a, size in [(3, 2, 1, 1, 12), (4, 2, 1, 0, 12)]:
+        n = k * k * 3
+        maps = [("F.conv_transpose2d", output_variance_map(k, s, p, a, size, None, draws, device)),
+                ('correction="position"', output_variance_map(k, s, p, a, size, "position", draws, device))]
+        counts = strideconv.transposed_count_map((size, size), k, s, p, a).double()
+        fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+        for ax, (title, data) in zip(axes, [("output count C", counts)] + [(f"Var[y], {t}", m) for t, m in maps]):
+            im = ax.imshow(data.numpy(), cmap="viridis", vmin=0, vmax=None if title.startswith("output") else 1.3 * n)
+            ax.set_title(title)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            fig.colorbar(im, ax=ax, fraction=0.046)
+        fig.suptitle(f"ConvTranspose2d kernel {k}, stride {s}, padding {p}, output padding {a}, {size}x{size} input, "
+                     f"3 channels: a stride-1 layer gives Var[y] = k*k*c = {n} ({draws} draws)")
+        fig.tight_layout()
+        name = f"transposed_variance_k{k}_s{s}.png"
+        fig.savefig(os.path.join(out_dir, name), dpi=110)
+        plt.close(fig)
+        files.append(name)
+        for label, m in maps:
+            inner = m[None, None, 2 * k:-2 * k, 2 * k:-2 * k]
+            ratios.append(dict(geometry=f"k{k} s{s} p{p} a{a}", variant=label,
+                               phase_ratio_interior=phase_energy_ratio(inner.sqrt(), s),
+                               phase_ratio_all=phase_energy_ratio(m[None, None].sqrt(), s),
+                               mean_var_over_stride1=m.mean().item() / n))
+    return files, ratios, draws
+
+
+def report_section(rows, meta, pics, ratios, draws) -> List[str]:
+    lines = [
+        "## Transposed convolutions", "",
+        "### Output variance at random initialisation", "",
+        f"Input and weight N(0, 1), 3 input channels, no bias, {draws} draws. `phase ratio` is the "
+        "stride-phase energy ratio (`strideconv.metrics.phase_energy_ratio`) of the standard deviation map: "
+        "max over min of the mean Var[y] of each stride phase, inside (2k from the borders) and over the whole "
+        "output. `mean Var / stride-1` is the mean output variance over that of a stride-1 layer with K taps.", "",
+        "| geometry | variant | phase ratio, interior | phase ratio, whole output | mean Var / stride-1 |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['geometry']} | {r['variant']} | {r['phase_ratio_interior']:.3f} | {r['phase_ratio_all']:.3f} | "
+              f"{r['mean_var_over_stride1']:.3f} |" for r in ratios]
+    lines += [""] + [f"![{p}]({p})" for p in pics] + [
+        "", "### Speed and memory", "",
+        f"Batch {meta['batch']}; medians of {meta['rounds']} interleaved rounds of {meta['reps']} calls each; "
+        "fwd+bwd computes the input, weight and bias gradients. Ratios are to `F.conv_transpose2d` in the same "
+        "run; `vs plain ops` is the fwd+bwd time over that of `plain ops` (F.conv_transpose2d, times a "
+        "precomputed position factor map, plus the bias: the normalisation written by hand). Peak memory: "
+        "CUDA allocator peak during fwd+bwd relative to F.conv_transpose2d (not measured on CPU).", "",
+        "| shape | dtype | variant | fwd+bwd ms | fwd+bwd ratio | fwd ratio | vs plain ops | peak mem ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['shape']} | {r['dtype']} | {r['variant']} | {r['train_s'] * 1e3:.3f} | {r['train_ratio']:.3f} | "
+              f"{r['fwd_ratio']:.3f} | {r['vs_plain_ops']:.3f} | {fmt(r['peak_mem_ratio'], 3)} |" for r in rows]
+    return lines
