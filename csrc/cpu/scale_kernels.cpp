@@ -85,6 +85,8 @@ void scale_border_inplace(
   });
 }
 
+constexpr int64_t kTapWork = 65536;  // weight elements per task
+
 at::Tensor scale_taps(const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef dilation,
                       double power) {
   const Geometry g = tap_geometry(weight, stride, dilation, power);
@@ -110,7 +112,9 @@ at::Tensor scale_taps(const at::Tensor& weight, at::IntArrayRef stride, at::IntA
         flat.swap(next);
       }
       const int64_t taps = static_cast<int64_t>(flat.size());
-      at::parallel_for(0, weight.numel() / taps, 256, [&](int64_t first, int64_t last) {
+      // Tasks of at least kTapWork elements: waking a thread costs more than scaling fewer.
+      at::parallel_for(0, weight.numel() / taps, std::max<int64_t>(1, kTapWork / taps),
+                       [&](int64_t first, int64_t last) {
         for (int64_t row = first; row < last; ++row) {
           for (int64_t t = 0; t < taps; ++t) {
             const int64_t e = row * taps + t;
@@ -121,7 +125,7 @@ at::Tensor scale_taps(const at::Tensor& weight, at::IntArrayRef stride, at::IntA
       return;
     }
     const TapWalk walk(weight, out);
-    at::parallel_for(0, weight.numel(), 4096, [&](int64_t first, int64_t last) {
+    at::parallel_for(0, weight.numel(), kTapWork, [&](int64_t first, int64_t last) {
       int64_t tap[kMaxSpatialDims];
       int64_t in_off, out_off;
       for (int64_t e = first; e < last; ++e) {
