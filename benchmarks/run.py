@@ -57,6 +57,44 @@ def decoder_section(out_dir: str) -> list:
     return lines
 
 
+def image_gradients_section(out_dir: str) -> list:
+    """Summary of benchmarks/image_gradients.py when its JSON is in --out."""
+    path = os.path.join(out_dir, "image_gradients.json")
+    lines = ["", "## Image-space gradients study", ""]
+    if not os.path.exists(path):
+        return lines + ["Not run here: `python benchmarks/image_gradients.py` with the same `--out` measures the stride "
+                        "pattern of input gradients, feature visualisations and PGD perturbations of a strided CNN "
+                        "trained on 28x28 digits, plain and corrected."]
+    with open(path) as f:
+        data = json.load(f)
+    lines += [f"From [image_gradients.md](image_gradients.md) (`{data['meta']['command']}`): stride-2 phase energy "
+              "ratio (1 = no pattern) of what the gradient makes, and PGD's success rate.", "",
+              "| variant | input gradient | feature visualisation | PGD perturbation | PGD success % |", "|---|---|---|---|---|"]
+    for r in data["rows"]:
+        lines.append(f"| {r['variant']} | {r['gradients_phase2'][0]:.2f} | {r['visualisation_phase2'][0]:.2f} | "
+                     f"{r['perturbation_phase2'][0]:.2f} | {r['attack_success'][0]:.1f} |")
+    return lines
+
+
+def gan_section(out_dir: str) -> list:
+    """Summary of benchmarks/gan.py when its JSON is in --out."""
+    path = os.path.join(out_dir, "gan.json")
+    lines = ["", "## GAN study", ""]
+    if not os.path.exists(path):
+        return lines + ["Not run here: `python benchmarks/gan.py` with the same `--out` trains a small GAN on 28x28 "
+                        "digits whose generator has no transposed convolution, with a plain or corrected strided "
+                        "discriminator."]
+    with open(path) as f:
+        data = json.load(f)
+    lines += [f"From [gan.md](gan.md) (`{data['meta']['command']}`, {data['rows'][0]['seeds']} seeds): samples' "
+              "stride-2 harmonic energy ratio over real images', classifier confidence, nearest-training-image "
+              "distance.", "", "| discriminator | harmonic / real | confidence | NN dist. |", "|---|---|---|---|"]
+    for r in data["rows"]:
+        lines.append(f"| {r['variant']} | {r['harmonic_rel'][0]:.2f} ± {r['harmonic_rel'][1]:.2f} | "
+                     f"{r['confidence'][0]:.3f} | {r['nn_distance'][0]:.2f} |")
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
@@ -92,7 +130,8 @@ def main(argv=None):
         pics = pics + t_pics
     else:
         t_rows, t_meta, t_ratios = [], None, []
-    text = "\n".join(lines + decoder_section(args.out) + training_section(args.out)) + "\n"
+    studies = decoder_section(args.out) + image_gradients_section(args.out) + gan_section(args.out)
+    text = "\n".join(lines + studies + training_section(args.out)) + "\n"
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write(text)
     with open(os.path.join(args.out, "results.json"), "w") as f:

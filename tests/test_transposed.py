@@ -275,13 +275,14 @@ def test_torchscript():
     torch.testing.assert_close(scripted(x, [10, 10]), m(x, output_size=[10, 10]))
 
 
+@pytest.mark.parametrize("dynamo", [False, True])
 @pytest.mark.parametrize("correction", CORRECTED)
-def test_onnx_export_keeps_the_normalisation(tmp_path, correction):
+def test_onnx_export_keeps_the_normalisation(tmp_path, correction, dynamo):
     onnxruntime = pytest.importorskip("onnxruntime")
     m = strideconv.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1, correction=correction).eval()
     x = torch.randn(1, 4, 5, 6)
     path = str(tmp_path / "m.onnx")
-    torch.onnx.export(m, (x,), path, dynamo=False)
+    torch.onnx.export(m, (x,), path, dynamo=dynamo)
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     torch.testing.assert_close(torch.from_numpy(out), m(x).detach(), rtol=1e-5, atol=1e-5)
