@@ -46,6 +46,29 @@ ConvOptions load_options(AutogradContext* ctx) {
   return decode_options(ctx->saved_data["options"].toIntVector(), ctx->saved_data["power"].toDouble());
 }
 
+// What the forward of conv or conv_transpose saves, and what its backward reads back: the
+// input and weight, the checked options, and which gradients are wanted.
+void save_call(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+               const ConvOptions& o, const std::optional<at::Tensor>& bias) {
+  ctx->save_for_backward({input, weight});
+  save_options(ctx, o, bias.has_value() && bias->defined());
+}
+
+struct SavedCall {
+  at::Tensor input, weight;
+  ConvOptions o;
+  bool need_input, need_weight, need_bias;
+
+  explicit SavedCall(AutogradContext* ctx) : o(load_options(ctx)) {
+    const auto saved = ctx->get_saved_variables();
+    input = saved[0];
+    weight = saved[1];
+    need_input = ctx->needs_input_grad(0);
+    need_weight = ctx->needs_input_grad(1);
+    need_bias = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2);
+  }
+};
+
 // The int[] arguments and power of a scale_weight or scale_border call, whose
 // forward (the registered op) checked them.
 struct SavedScaling {
@@ -92,23 +115,19 @@ class ConvFunction : public torch::autograd::Function<ConvFunction> {
     // The op checks every argument (ATen's checks, then ours) before it returns.
     at::Tensor output =
         call_conv(input, weight, bias, stride, padding, dilation, groups, correction, power);
-    ctx->save_for_backward({input, weight});
-    save_options(ctx,
-                 conv_options(weight.dim() - 2, stride, padding, dilation, groups,
-                              parse_correction(correction), power),
-                 bias.has_value() && bias->defined());
+    save_call(ctx, input, weight,
+              conv_options(weight.dim() - 2, stride, padding, dilation, groups,
+                           parse_correction(correction), power),
+              bias);
     return output;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor& input = saved[0];
-    const at::Tensor& weight = saved[1];
-    const ConvOptions o = load_options(ctx);
-
-    const bool need_input = ctx->needs_input_grad(0);
-    const bool need_weight = ctx->needs_input_grad(1);
-    const bool need_bias = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2);
+    const SavedCall call(ctx);
+    const at::Tensor& input = call.input;
+    const at::Tensor& weight = call.weight;
+    const ConvOptions& o = call.o;
+    const bool need_input = call.need_input, need_weight = call.need_weight, need_bias = call.need_bias;
     const bool corrected = need_input && o.correction != Correction::None;
     const auto kernel_size = weight.sizes().slice(2);
     // Without create_graph nothing here needs a graph: call the kernels below
@@ -157,23 +176,19 @@ class ConvTransposeFunction : public torch::autograd::Function<ConvTransposeFunc
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     at::Tensor output = call_conv_transpose(input, weight, bias, stride, padding, output_padding,
                                             dilation, groups, correction, power);
-    ctx->save_for_backward({input, weight});
-    save_options(ctx,
-                 conv_options(weight.dim() - 2, stride, padding, dilation, groups,
-                              parse_correction(correction), power, output_padding),
-                 bias.has_value() && bias->defined());
+    save_call(ctx, input, weight,
+              conv_options(weight.dim() - 2, stride, padding, dilation, groups,
+                           parse_correction(correction), power, output_padding),
+              bias);
     return output;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor& input = saved[0];
-    const at::Tensor& weight = saved[1];
-    const ConvOptions o = load_options(ctx);
-
-    const bool need_input = ctx->needs_input_grad(0);
-    const bool need_weight = ctx->needs_input_grad(1);
-    const bool need_bias = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2);
+    const SavedCall call(ctx);
+    const at::Tensor& input = call.input;
+    const at::Tensor& weight = call.weight;
+    const ConvOptions& o = call.o;
+    const bool need_input = call.need_input, need_weight = call.need_weight, need_bias = call.need_bias;
     const bool position = o.correction == Correction::Position;
     const auto kernel_size = weight.sizes().slice(2);
     const bool differentiable = at::GradMode::is_enabled();  // create_graph=True

@@ -73,18 +73,17 @@ def axis_class_counts(kernel: int, stride: int, dilation: int) -> list[int]:
     return n
 
 
-def _sizes(input_size, kernel_size, stride, padding, dilation):
+def _sizes(input_size, kernel_size, stride, padding, dilation, *output_padding):
+    """The spatial size and every list expanded to one int per dim (output_padding when given,
+    before the dilation)."""
     input_size = tuple(int(v) for v in input_size)
     nd = len(input_size)
     if isinstance(padding, str):
         raise ValueError("count maps take integer padding; pass the padding 'same' resolves to")
-    return (
-        input_size,
-        int_tuple_exact(kernel_size, nd, "kernel_size"),
-        int_tuple_exact(stride, nd, "stride"),
-        int_tuple_exact(padding, nd, "padding"),
-        int_tuple_exact(dilation, nd, "dilation"),
-    )
+    named = [(kernel_size, "kernel_size"), (stride, "stride"), (padding, "padding")]
+    named += [(output_padding[0], "output_padding")] if output_padding else []
+    named += [(dilation, "dilation")]
+    return (input_size,) + tuple(int_tuple_exact(v, nd, name) for v, name in named)
 
 
 def _outer(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -157,19 +156,6 @@ def pool_axis_counts(length: int, kernel: int, stride: int, padding: int, ceil_m
     return _window_counts(length, out, kernel, stride, padding, 1)
 
 
-def _transposed_sizes(input_size, kernel_size, stride, padding, output_padding, dilation):
-    input_size = tuple(int(v) for v in input_size)
-    nd = len(input_size)
-    return (
-        input_size,
-        int_tuple_exact(kernel_size, nd, "kernel_size"),
-        int_tuple_exact(stride, nd, "stride"),
-        int_tuple_exact(padding, nd, "padding"),
-        int_tuple_exact(output_padding, nd, "output_padding"),
-        int_tuple_exact(dilation, nd, "dilation"),
-    )
-
-
 def transposed_count_map(input_size, kernel_size, stride=1, padding=0, output_padding=0, dilation=1) -> torch.Tensor:
     """The count C of every OUTPUT position of a transposed convolution whose input has spatial
     size ``input_size``, as an int64 tensor of the output's spatial size.
@@ -178,7 +164,7 @@ def transposed_count_map(input_size, kernel_size, stride=1, padding=0, output_pa
     tensor([[1, 2],
             [2, 4]])
     """
-    sizes = _transposed_sizes(input_size, kernel_size, stride, padding, output_padding, dilation)
+    sizes = _sizes(input_size, kernel_size, stride, padding, dilation, output_padding)
     return _outer([torch.tensor(axis_transposed_counts(*args), dtype=torch.int64) for args in zip(*sizes)])
 
 
@@ -190,6 +176,6 @@ def transposed_factors(
     the weight's taps, ``map`` is the scalar alpha. The plain-op form of ``ConvTranspose2d``'s
     corrections is ``F.conv_transpose2d(x, w) * position + b`` (and so on)."""
     power = check_power(power)
-    sizes = _transposed_sizes(input_size, kernel_size, stride, padding, output_padding, dilation)
+    sizes = _sizes(input_size, kernel_size, stride, padding, dilation, output_padding)
     return _factors([(axis_transposed_counts(length, k, s, p, a, q), k, s, q) for length, k, s, p, a, q in zip(*sizes)],
                     power)

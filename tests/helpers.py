@@ -8,15 +8,31 @@ needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (none 
 DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 
 
-def same_error(call_plain, call_ours):
-    """Assert that the plain PyTorch call and ours fail alike: same exception type and message."""
+def same_error_type(call_plain, call_ours):
+    """Assert that the plain PyTorch call and ours both raise, the same exception type; return both."""
     errors = []
     for call in (call_plain, call_ours):
         with pytest.raises(Exception) as info:
             call()
         errors.append(info.value)
     assert type(errors[0]) is type(errors[1]), errors
+    return errors
+
+
+def same_error(call_plain, call_ours):
+    """Assert that the plain PyTorch call and ours fail alike: same exception type and message."""
+    errors = same_error_type(call_plain, call_ours)
     assert str(errors[0]) == str(errors[1])
+
+
+def same_outcome(call_plain, call_ours):
+    """Both raise the same exception type, or both run to outputs of one shape."""
+    try:
+        expected = call_plain()
+    except Exception:
+        same_error_type(call_plain, call_ours)
+        return
+    assert call_ours().shape == expected.shape
 
 
 def operands(cin, cout, kernel, size, groups=1, device="cpu", dtype=torch.float64, bias=True, seed=0, batch=2):
