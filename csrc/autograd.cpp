@@ -199,8 +199,8 @@ class ConvTransposeFunction : public torch::autograd::Function<ConvTransposeFunc
     at::Tensor grad_input, grad_weight, grad_bias;
     // "position" always scales the incoming gradient (a full pass, which the band alone
     // would need too, as that tensor is not ours to scale in place); "kernel" and "map"
-    // when that is cheaper than scaling the weight and its gradient; "none" never.
-    if (position || (o.correction != Correction::None && weight.sym_numel() * 2 >= grad.sym_numel())) {
+    // when the forward would choose it (output_is_cheaper); "none" never.
+    if (position || (o.correction != Correction::None && weight.sym_numel() * kOutputPathRatio >= grad.sym_numel())) {
       if (need_bias) {  // the bias is added after the scaling: its gradient is the plain sum
         std::vector<int64_t> dims{0};
         for (int d = 0; d < o.ndim; ++d) dims.push_back(2 + d);

@@ -74,9 +74,10 @@ std::vector<int64_t> transposed_lengths(at::IntArrayRef input_lengths, at::IntAr
 // - On the weight: the weight `scale_weight` gives over the output (tap-scaled for
 //   "kernel" and "position", alpha * weight for "map"), ATen adding the bias; for
 //   "position" the bias is added after the border band of the output is scaled in place.
-// - On the output, when the weight is the larger tensor (decoders' early layers), and
-//   for "position" with a bias: the plain weight, then one elementwise pass with the
-//   output factor map (or alpha) that also adds the bias.
+// - On the output, when the weight is not much smaller than the output (decoders'
+//   early layers; output_is_cheaper), and for "position" with a bias: the plain
+//   weight, then one elementwise pass with the output factor map (or alpha) that
+//   also adds the bias.
 // "none" is at::convolution itself, so it is F.conv_transposeNd bit for bit.
 at::Tensor conv_transpose(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -123,7 +124,7 @@ at::Tensor conv_transpose(
 
   // "position" with a bias adds the bias in a pass of its own on the weight path: the
   // output path, whose one pass also adds the bias, is never dearer then.
-  if ((kind == Correction::Position && with_bias) || output_is_cheaper(weight.numel(), 1, output_numel)) {
+  if ((kind == Correction::Position && with_bias) || output_is_cheaper(weight.numel(), output_numel)) {
     at::Tensor out = plain(std::nullopt);
     if (kind == Correction::Map) {
       const double alpha = map_alpha(g, power);

@@ -21,11 +21,17 @@ at::Tensor output_factor_map(const Geometry& g, Correction correction, double po
 // alpha of "map" over the output positions.
 double map_alpha(const Geometry& g, double power);
 
-// Whether scaling the output (one elementwise pass over `output_numel` elements) is
-// cheaper than scaling the weight (`weight_passes` passes over `weight_numel`). (The
-// backward compares the same quantities as SymInts.)
-inline bool output_is_cheaper(int64_t weight_numel, int weight_passes, int64_t output_numel) {
-  return weight_numel * weight_passes >= output_numel;
+// Whether to normalise on the output (one elementwise pass over it) rather than on the
+// weight (scaling it, and in the backward its gradient): when the weight holds at least
+// 1/kOutputPathRatio as many elements as the output. The ratio is measured, not derived
+// (benchmarks/transposed.py, CPU, fwd+bwd against F.conv_transpose2d): the weight path cost
+// 7-8% where the weight was 0.28-0.5 of the output (3x3/2 and 4x4/2, 16 -> 32) and the output
+// path 0-3%; the output path cost 13% where the weight was 0.035 of it (3x3/2, 32 -> 64) and the
+// weight path 2%. The backward compares the same quantities as SymInts.
+constexpr int64_t kOutputPathRatio = 8;
+
+inline bool output_is_cheaper(int64_t weight_numel, int64_t output_numel) {
+  return weight_numel * kOutputPathRatio >= output_numel;
 }
 
 }  // namespace strideconv
