@@ -14,6 +14,10 @@ a stride pattern is there. Definitions (docs/design.md, "Checkerboard metrics"),
   (``0 <= m_d < s_d``, not all zero), after cropping each dim to a multiple of ``s_d``; the
   ratio is the mean of ``P`` at the harmonics over its mean at all non-DC frequencies. White
   noise: about 1; a checkerboard: large.
+* The two ratios see different patterns: the phase ratio sees a pattern in the *energy* (a
+  variance modulated per phase, as in the input gradient of a strided convolution with random
+  upstream gradients, whose harmonic ratio stays about 1); the harmonic ratio sees an additive
+  pattern (a checkerboard in the mean, as in generated images).
 * ``azimuthal_spectrum``: ``P`` of 2-D maps averaged over rings ``floor(|w|) = r`` of the
   centred spectrum (for plots, and to compare generated images with real ones).
 """
