@@ -25,74 +25,65 @@ import variance
 from common import accuracy_table, describe
 
 
+def _study(out_dir: str, name: str, title: str, missing: str):
+    """(heading lines, the study's JSON or None) for the study that writes `name`.json into --out."""
+    lines = ["", f"## {title}", ""]
+    path = os.path.join(out_dir, f"{name}.json")
+    if not os.path.exists(path):
+        return lines + [f"Not run here: `python benchmarks/{name}.py` with the same `--out` {missing}"], None
+    with open(path) as f:
+        return lines, json.load(f)
+
+
 def training_section(out_dir: str) -> list:
     """The accuracy table of benchmarks/train.py when its train.json is in the same directory."""
-    path = os.path.join(out_dir, "train.json")
-    lines = ["", "## Training", ""]
-    if not os.path.exists(path):
-        return lines + ["Not run here: `python benchmarks/train.py` with the same `--out` trains plain and corrected "
-                        "networks (MNIST-1D, scikit-learn digits, a deep plain CNN) and writes train.md."]
-    with open(path) as f:
-        data = json.load(f)
+    lines, data = _study(out_dir, "train", "Training", "trains plain and corrected networks (MNIST-1D, "
+                         "scikit-learn digits, a deep plain CNN) and writes train.md.")
+    if data is None:
+        return lines
     return lines + [f"From [train.md](train.md) (`{data['meta']['command']}`): final test accuracy (%), "
                     f"mean ± std over {len(data['results'][0]['final_acc'])} seeds.", ""] + accuracy_table(data["results"])
 
 
 def decoder_section(out_dir: str) -> list:
     """The after-training table of benchmarks/decoder.py when its decoder.json is in --out."""
-    path = os.path.join(out_dir, "decoder.json")
-    lines = ["", "## Decoder study", ""]
-    if not os.path.exists(path):
-        return lines + ["Not run here: `python benchmarks/decoder.py` with the same `--out` trains a small "
-                        "autoencoder on 28x28 digits with each upsampler and writes decoder.md."]
-    with open(path) as f:
-        data = json.load(f)
+    lines, data = _study(out_dir, "decoder", "Decoder study", "trains a small autoencoder on 28x28 digits with "
+                         "each upsampler and writes decoder.md.")
+    if data is None:
+        return lines
     lines += [f"From [decoder.md](decoder.md) (`{data['meta']['command']}`, {data['rows'][0]['seeds']} seeds): "
               "test MSE and the stride-2 harmonic energy ratio of the outputs, at initialisation and after training "
               f"(real images: {data['real_harmonic']:.3f}).", "",
               "| upsampler | MSE x1e-3 | output harmonic ratio, init | output harmonic ratio, trained |", "|---|---|---|---|"]
-    for r in data["rows"]:
-        lines.append(f"| {r['variant']} | {1e3 * r['trained_mse'][0]:.2f} ± {1e3 * r['trained_mse'][1]:.2f} | "
-                     f"{r['init_out_harmonic'][0]:.2f} | {r['trained_out_harmonic'][0]:.3f} |")
-    return lines
+    return lines + [f"| {r['variant']} | {1e3 * r['trained_mse'][0]:.2f} ± {1e3 * r['trained_mse'][1]:.2f} | "
+                    f"{r['init_out_harmonic'][0]:.2f} | {r['trained_out_harmonic'][0]:.3f} |" for r in data["rows"]]
 
 
 def image_gradients_section(out_dir: str) -> list:
     """Summary of benchmarks/image_gradients.py when its JSON is in --out."""
-    path = os.path.join(out_dir, "image_gradients.json")
-    lines = ["", "## Image-space gradients study", ""]
-    if not os.path.exists(path):
-        return lines + ["Not run here: `python benchmarks/image_gradients.py` with the same `--out` measures the stride "
-                        "pattern of input gradients, feature visualisations and PGD perturbations of a strided CNN "
-                        "trained on 28x28 digits, plain and corrected."]
-    with open(path) as f:
-        data = json.load(f)
+    lines, data = _study(out_dir, "image_gradients", "Image-space gradients study", "measures the stride pattern "
+                         "of input gradients, feature visualisations and PGD perturbations of a strided CNN trained "
+                         "on 28x28 digits, plain and corrected.")
+    if data is None:
+        return lines
     lines += [f"From [image_gradients.md](image_gradients.md) (`{data['meta']['command']}`): stride-2 phase energy "
               "ratio (1 = no pattern) of what the gradient makes, and PGD's success rate.", "",
               "| variant | input gradient | feature visualisation | PGD perturbation | PGD success % |", "|---|---|---|---|---|"]
-    for r in data["rows"]:
-        lines.append(f"| {r['variant']} | {r['gradients_phase2'][0]:.2f} | {r['visualisation_phase2'][0]:.2f} | "
-                     f"{r['perturbation_phase2'][0]:.2f} | {r['attack_success'][0]:.1f} |")
-    return lines
+    return lines + [f"| {r['variant']} | {r['gradients_phase2'][0]:.2f} | {r['visualisation_phase2'][0]:.2f} | "
+                    f"{r['perturbation_phase2'][0]:.2f} | {r['attack_success'][0]:.1f} |" for r in data["rows"]]
 
 
 def gan_section(out_dir: str) -> list:
     """Summary of benchmarks/gan.py when its JSON is in --out."""
-    path = os.path.join(out_dir, "gan.json")
-    lines = ["", "## GAN study", ""]
-    if not os.path.exists(path):
-        return lines + ["Not run here: `python benchmarks/gan.py` with the same `--out` trains a small GAN on 28x28 "
-                        "digits whose generator has no transposed convolution, with a plain or corrected strided "
-                        "discriminator."]
-    with open(path) as f:
-        data = json.load(f)
+    lines, data = _study(out_dir, "gan", "GAN study", "trains a small GAN on 28x28 digits whose generator has no "
+                         "transposed convolution, with a plain or corrected strided discriminator.")
+    if data is None:
+        return lines
     lines += [f"From [gan.md](gan.md) (`{data['meta']['command']}`, {data['rows'][0]['seeds']} seeds): samples' "
               "stride-2 harmonic energy ratio over real images', classifier confidence, nearest-training-image "
               "distance.", "", "| discriminator | harmonic / real | confidence | NN dist. |", "|---|---|---|---|"]
-    for r in data["rows"]:
-        lines.append(f"| {r['variant']} | {r['harmonic_rel'][0]:.2f} ± {r['harmonic_rel'][1]:.2f} | "
-                     f"{r['confidence'][0]:.3f} | {r['nn_distance'][0]:.2f} |")
-    return lines
+    return lines + [f"| {r['variant']} | {r['harmonic_rel'][0]:.2f} ± {r['harmonic_rel'][1]:.2f} | "
+                    f"{r['confidence'][0]:.3f} | {r['nn_distance'][0]:.2f} |" for r in data["rows"]]
 
 
 def main(argv=None):
