@@ -55,14 +55,16 @@ constexpr size_t kCacheSize = 32;  // layers of one network: a few distinct geom
 
 at::Tensor output_factor_map(const Geometry& g, Correction correction, double power,
                              at::ScalarType dtype, at::Device device) {
-  static std::mutex mutex;
-  static std::list<std::pair<Key, at::Tensor>> cache;  // most recently used first
+  // Never destroyed: tensors must not be freed by static destructors at process exit,
+  // after the allocators they came from may be gone.
+  static auto* mutex = new std::mutex();
+  static auto* cache = new std::list<std::pair<Key, at::Tensor>>();  // most recently used first
   Key key = key_of(g, correction, power, dtype, device);
   {
-    std::lock_guard<std::mutex> lock(mutex);
-    for (auto it = cache.begin(); it != cache.end(); ++it) {
+    std::lock_guard<std::mutex> lock(*mutex);
+    for (auto it = cache->begin(); it != cache->end(); ++it) {
       if (it->first == key) {
-        cache.splice(cache.begin(), cache, it);
+        cache->splice(cache->begin(), *cache, it);
         return it->second;
       }
     }
@@ -74,9 +76,9 @@ at::Tensor output_factor_map(const Geometry& g, Correction correction, double po
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     map = build(g, correction, power, dtype, device);
   }
-  std::lock_guard<std::mutex> lock(mutex);
-  cache.emplace_front(std::move(key), map);
-  if (cache.size() > kCacheSize) cache.pop_back();
+  std::lock_guard<std::mutex> lock(*mutex);
+  cache->emplace_front(std::move(key), map);
+  if (cache->size() > kCacheSize) cache->pop_back();
   return map;
 }
 

@@ -147,8 +147,10 @@ def _ddp_worker(rank, world, port, path):
         opt.step()
     if rank == 0:
         torch.save(model.state_dict(), path + ".ddp")
-    dist.barrier()  # neither rank tears gloo down while the other still uses it
-    dist.destroy_process_group()
+    dist.barrier()  # both ranks are done (rank 0 has saved its result)
+    # Leave without tearing gloo down: its teardown at exit aborts now and then ("terminate
+    # called without an active exception", about 1 run in 8, with or without strideconv).
+    os._exit(0)
 
 
 def test_ddp_two_gloo_processes_equal_one_process_on_the_whole_batch(tmp_path):
