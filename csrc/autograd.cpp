@@ -9,11 +9,11 @@
 // Both scalings are fixed and diagonal, so each one's backward is itself: that
 // is what makes double backward work.
 //
-// `conv_transpose` normalises its forward with the same two scalings (the
-// tap-scaled weight, then the band of the output), so its backward is the true
-// gradient of that function: the band scaling on the incoming gradient, one ATen
-// convolution backward with the scaled weight, and the tap scaling again on the
-// weight gradient (the chain rule through a diagonal map).
+// `conv_transpose` normalises its forward by a fixed diagonal scaling (of the weight,
+// or of the output), so its backward is the true gradient of that function: either the
+// incoming gradient times the output factors and one ATen convolution backward with the
+// plain weight, or one convolution backward with the scaled weight and the same
+// scaling again on the weight gradient (the chain rule through a diagonal map).
 
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -200,7 +200,7 @@ class ConvTransposeFunction : public torch::autograd::Function<ConvTransposeFunc
     // "position" always scales the incoming gradient (a full pass, which the band alone
     // would need too, as that tensor is not ours to scale in place); "kernel" and "map"
     // when the forward would choose it (output_is_cheaper); "none" never.
-    if (position || (o.correction != Correction::None && weight.sym_numel() * kOutputPathRatio >= grad.sym_numel())) {
+    if (position || (o.correction != Correction::None && output_is_cheaper(weight.sym_numel(), grad.sym_numel()))) {
       if (need_bias) {  // the bias is added after the scaling: its gradient is the plain sum
         std::vector<int64_t> dims{0};
         for (int d = 0; d < o.ndim; ++d) dims.push_back(2 + d);

@@ -73,7 +73,8 @@ std::vector<int64_t> transposed_lengths(at::IntArrayRef input_lengths, at::IntAr
 // convolutions"): ONE ATen transposed convolution, normalised the cheaper way.
 // - On the weight: the weight `scale_weight` gives over the output (tap-scaled for
 //   "kernel" and "position", alpha * weight for "map"), ATen adding the bias; for
-//   "position" the bias is added after the border band of the output is scaled in place.
+//   "position" (which takes this path only without a bias) the border band of the
+//   output is then scaled in place.
 // - On the output, when the weight is not much smaller than the output (decoders'
 //   early layers; output_is_cheaper), and for "position" with a bias: the plain
 //   weight, then one elementwise pass with the output factor map (or alpha) that
@@ -96,6 +97,7 @@ at::Tensor conv_transpose(
   // convolution runs. Where our checks refuse the arguments and ATen refuses them
   // too, ATen's error (torch's) comes first; only the error path pays for that call.
   ConvOptions o;
+  std::vector<int64_t> lengths;  // of the output
   Geometry g;
   try {
     check_operand(weight, "weight", "(in, out / groups, *kernel)");
@@ -108,9 +110,9 @@ at::Tensor conv_transpose(
     // ATen accepts some mixed input and bias dtypes and refuses others, by backend.
     if (with_bias && bias->dtype() != input.dtype()) (void)plain(bias);
     o = conv_options(weight.dim() - 2, stride, padding, dilation, groups, kind, power, output_padding);
-    g = make_geometry(transposed_lengths(input.sizes().slice(2), weight.sizes().slice(2), o),
-                      weight.sizes().slice(2), o.stride_list(), o.padding_list(), o.dilation_list(),
-                      o.output_padding_list());
+    lengths = transposed_lengths(input.sizes().slice(2), weight.sizes().slice(2), o);
+    g = make_geometry(lengths, weight.sizes().slice(2), o.stride_list(), o.padding_list(),
+                      o.dilation_list(), o.output_padding_list());
     check_factors_fit(g, kind, power, weight.scalar_type());
   } catch (const c10::Error&) {
     (void)plain(bias);
@@ -119,7 +121,7 @@ at::Tensor conv_transpose(
   std::vector<int64_t> channel_shape(input.dim(), 1);  // a bias broadcast over (N, C, *spatial)
   channel_shape[1] = -1;
   int64_t output_numel = input.size(0) * weight.size(1) * groups;
-  for (int d = 0; d < g.ndim; ++d) output_numel *= g.axis[d].length;
+  for (const int64_t length : lengths) output_numel *= length;
   const auto kernel_size = weight.sizes().slice(2);
 
   // "position" with a bias adds the bias in a pass of its own on the weight path: the
@@ -134,20 +136,17 @@ at::Tensor conv_transpose(
     return with_bias ? at::addcmul(bias->view(channel_shape), out, factors) : out.mul_(factors);
   }
 
-  const bool position = kind == Correction::Position;
+  // The weight path. "position" comes here only without a bias, so ATen adds any bias.
   at::Tensor w = weight;
   if (kind == Correction::Map || !taps_trivial(kernel_size, o.stride_list(), o.dilation_list())) {
-    std::vector<int64_t> lengths;
-    for (int d = 0; d < g.ndim; ++d) lengths.push_back(g.axis[d].length);
     w = call_scale_weight(weight, c10::fromIntArrayRefSlow(lengths), o.stride_list(), o.padding_list(),
                           o.dilation_list(), correction, power, o.output_padding_list());
   }
-  at::Tensor out = at::convolution(input, w, position ? std::nullopt : bias, stride, padding, dilation,
-                                   /*transposed=*/true, output_padding, groups);
-  if (position) {
+  at::Tensor out = at::convolution(input, w, bias, stride, padding, dilation, /*transposed=*/true,
+                                   output_padding, groups);
+  if (kind == Correction::Position) {
     call_scale_border_(out, kernel_size, o.stride_list(), o.padding_list(), o.dilation_list(), power,
                        o.output_padding_list());
-    if (with_bias) out.add_(bias->view(channel_shape));
   }
   return out;
 }

@@ -27,10 +27,11 @@ double map_alpha(const Geometry& g, double power);
 // (benchmarks/transposed.py, CPU, fwd+bwd against F.conv_transpose2d): the weight path cost
 // 7-8% where the weight was 0.28-0.5 of the output (3x3/2 and 4x4/2, 16 -> 32) and the output
 // path 0-3%; the output path cost 13% where the weight was 0.035 of it (3x3/2, 32 -> 64) and the
-// weight path 2%. The backward compares the same quantities as SymInts.
+// weight path 2%. `Size` is int64_t in the forward, c10::SymInt in the backward (traced).
 constexpr int64_t kOutputPathRatio = 8;
 
-inline bool output_is_cheaper(int64_t weight_numel, int64_t output_numel) {
+template <typename Size>
+inline bool output_is_cheaper(const Size& weight_numel, const Size& output_numel) {
   return weight_numel * kOutputPathRatio >= output_numel;
 }
 
