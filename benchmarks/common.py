@@ -95,6 +95,44 @@ def interleaved_medians(train, fwd, timer, rounds, reps):
     return {key: statistics.median(v) for key, v in times.items()}
 
 
+def peak_memory(train, device, reference):
+    """CUDA allocator peak of one call of each variant, relative to `reference`'s."""
+    out = {}
+    for n, step in train.items():
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        out[n] = torch.cuda.max_memory_allocated(device) - base
+    ref = out[reference]
+    return {n: (v / ref if ref else None) for n, v in out.items()}
+
+
+# ----- pictures -------------------------------------------------------------------------------
+
+def count_and_variance_figure(path, counts, variances, vmax, suptitle):
+    """One row of panels: a count map, then variance maps (title, 2-d tensor) on a common
+    colour scale from 0 to `vmax`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [counts] + list(variances)
+    fig, axes = plt.subplots(1, len(panels), figsize=(13, 4.2))
+    for i, (ax, (title, data)) in enumerate(zip(axes, panels)):
+        im = ax.imshow(data.numpy(), cmap="viridis", vmin=0, vmax=None if i == 0 else vmax)
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(suptitle)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # ----- tables ---------------------------------------------------------------------------------
 
 def fmt(v, digits=2):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import strideconv
 from strideconv.functional import conv2d
 
-from common import CORRECTIONS, Timer, fmt, interleaved_medians, keep_freed_memory, tqdm
+from common import CORRECTIONS, Timer, fmt, interleaved_medians, keep_freed_memory, peak_memory, tqdm
 
 # name, in, out, kernel, stride, padding, input size, input needs grad
 SHAPES = [
@@ -94,7 +94,7 @@ def speed_suite(device, quick):
                 train, fwd = make_variants(x, w, b, s, p, need_input, factor_map)
                 names = list(train)
                 med = interleaved_medians(train, fwd, timer, range(rounds), reps)
-                memory = peak_memory(train, names, device) if cuda else {}
+                memory = peak_memory(train, device, "F.conv2d") if cuda else {}
             for n in names:
                 rows.append(dict(
                     shape=name, dtype=dtype_name,
@@ -156,19 +156,6 @@ def overhead_table(device, quick):
                  fwd_extra_us=med[("fwd", n)] - med[("fwd", "F.conv2d")],
                  train_extra_us=med[("train", n)] - med[("train", "F.conv2d")]) for n in train], \
         dict(rounds=rounds, reps=reps)
-
-
-def peak_memory(train, names, device):
-    out = {}
-    for n in names:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        train[n]()
-        torch.cuda.synchronize(device)
-        out[n] = torch.cuda.max_memory_allocated(device) - base
-    ref = out["F.conv2d"]
-    return {n: (v / ref if ref else None) for n, v in out.items()}
 
 
 def report_section(rows, meta, overhead_rows=(), overhead_meta=None, pool_rows=()) -> List[str]:

@@ -16,7 +16,9 @@ import strideconv
 from strideconv.functional import conv_transpose2d
 from strideconv.metrics import phase_energy_ratio
 
-from common import CORRECTIONS, Timer, fmt, interleaved_medians, keep_freed_memory, tqdm
+from common import (
+    CORRECTIONS, Timer, count_and_variance_figure, fmt, interleaved_medians, keep_freed_memory, peak_memory, tqdm,
+)
 
 # name, in, out, kernel, stride, padding, output padding, input size
 SHAPES = [
@@ -76,7 +78,7 @@ def speed_table(device, quick):
             with ctx:
                 train, fwd = make_variants(x, w, b, s, p, a, factor_map)
                 med = interleaved_medians(train, fwd, timer, range(rounds), reps)
-                memory = peak_memory(train, device) if cuda else {}
+                memory = peak_memory(train, device, PLAIN) if cuda else {}
             for n in train:
                 rows.append(dict(
                     shape=name, dtype=dtype_name, batch=batch, variant=n,
@@ -87,18 +89,6 @@ def speed_table(device, quick):
                     peak_mem_ratio=memory.get(n),
                 ))
     return rows, dict(batch=batch, rounds=rounds, reps=reps, malloc_kept=kept)
-
-
-def peak_memory(train, device):
-    out = {}
-    for n, step in train.items():
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        step()
-        torch.cuda.synchronize(device)
-        out[n] = torch.cuda.max_memory_allocated(device) - base
-    return {n: (v / out[PLAIN] if out[PLAIN] else None) for n, v in out.items()}
 
 
 def output_variance_map(k, s, p, a, size, correction, draws, device):
@@ -118,31 +108,19 @@ def output_variance_map(k, s, p, a, size, correction, draws, device):
 def variance_pictures(out_dir, device, quick):
     """The output-variance map plain vs normalised, with the stride-phase ratio of each (border
     excluded); returns the picture names and the ratios."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     draws = 200 if quick else 2000
     files, ratios = [], []
     for k, s, p, a, size in [(3, 2, 1, 1, 12), (4, 2, 1, 0, 12)]:
         n = k * k * 3
         maps = [("F.conv_transpose2d", output_variance_map(k, s, p, a, size, None, draws, device)),
                 ('correction="position"', output_variance_map(k, s, p, a, size, "position", draws, device))]
-        counts = strideconv.transposed_count_map((size, size), k, s, p, a).double()
-        fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
-        for ax, (title, data) in zip(axes, [("output count C", counts)] + [(f"Var[y], {t}", m) for t, m in maps]):
-            im = ax.imshow(data.numpy(), cmap="viridis", vmin=0, vmax=None if title.startswith("output") else 1.3 * n)
-            ax.set_title(title)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            fig.colorbar(im, ax=ax, fraction=0.046)
-        fig.suptitle(f"ConvTranspose2d kernel {k}, stride {s}, padding {p}, output padding {a}, {size}x{size} input, "
-                     f"3 channels: a stride-1 layer gives Var[y] = k*k*c = {n} ({draws} draws)")
-        fig.tight_layout()
         name = f"transposed_variance_k{k}_s{s}.png"
-        fig.savefig(os.path.join(out_dir, name), dpi=110)
-        plt.close(fig)
+        count_and_variance_figure(
+            os.path.join(out_dir, name),
+            ("output count C", strideconv.transposed_count_map((size, size), k, s, p, a).double()),
+            [(f"Var[y], {t}", m) for t, m in maps], 1.3 * n,
+            f"ConvTranspose2d kernel {k}, stride {s}, padding {p}, output padding {a}, {size}x{size} input, "
+            f"3 channels: a stride-1 layer gives Var[y] = k*k*c = {n} ({draws} draws)")
         files.append(name)
         for label, m in maps:
             inner = m[None, None, 2 * k:-2 * k, 2 * k:-2 * k]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import strideconv
 from strideconv.functional import conv2d
 
-from common import CORRECTIONS, tqdm
+from common import CORRECTIONS, count_and_variance_figure, tqdm
 
 def grouped_conv(x, w, stride, padding, groups, correction, power=0.5):
     """Independent draws side by side as groups; correction None is plain F.conv2d."""
@@ -75,35 +75,19 @@ def variance_map(k, s, p, size, correction, draws, device):
 
 
 def pictures(out_dir, device, quick):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     draws = 200 if quick else 2000
     files = []
     for k, s, p, size in [(3, 2, 1, 24), (4, 4, 0, 24)]:
-        counts = strideconv.count_map((size, size), k, s, p).double()
-        panels = [
-            ("multiplication count C", counts),
-            ("Var[dx], F.conv2d", variance_map(k, s, p, size, None, draws, device)),
-            ('Var[dx], correction="position"', variance_map(k, s, p, size, "position", draws, device)),
-        ]
-        fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
         n = k * k * 3
-        for ax, (title, data) in zip(axes, panels):
-            vmax = None if title.startswith("multi") else 1.3 * n
-            im = ax.imshow(data.numpy(), cmap="viridis", vmin=0, vmax=vmax)
-            ax.set_title(title)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            fig.colorbar(im, ax=ax, fraction=0.046)
-        fig.suptitle(f"kernel {k}, stride {s}, padding {p}, {size}x{size} input, 3 channels: "
-                     f"Kaiming assumes Var[dx] = k*k*c = {n} everywhere ({draws} draws)")
-        fig.tight_layout()
         name = f"variance_k{k}_s{s}.png"
-        fig.savefig(os.path.join(out_dir, name), dpi=110)
-        plt.close(fig)
+        count_and_variance_figure(
+            os.path.join(out_dir, name),
+            ("multiplication count C", strideconv.count_map((size, size), k, s, p).double()),
+            [("Var[dx], F.conv2d", variance_map(k, s, p, size, None, draws, device)),
+             ('Var[dx], correction="position"', variance_map(k, s, p, size, "position", draws, device))],
+            1.3 * n,
+            f"kernel {k}, stride {s}, padding {p}, {size}x{size} input, 3 channels: "
+            f"Kaiming assumes Var[dx] = k*k*c = {n} everywhere ({draws} draws)")
         files.append(name)
     return files
 

@@ -157,6 +157,17 @@ def _call(case, which: str, x, weight, bias):
     return m(x)
 
 
+def _refused_alike(torch_error: Exception, call_ours) -> str:
+    """Torch refused a call: ours (forward and backward) must raise the same exception type."""
+    try:
+        call_ours().sum().backward()
+    except Exception as ours:
+        if type(ours) is type(torch_error):
+            return "same-error"
+        return f"mismatch: torch {type(torch_error).__name__}, ours {type(ours).__name__}: {ours}"[:300]
+    return f"mismatch: torch raised {type(torch_error).__name__}: {torch_error}, ours ran"[:300]
+
+
 def run_conv_case(case: dict) -> str:
     g = torch.Generator().manual_seed(case["seed"] + 1)
     x = _input(case)
@@ -165,14 +176,8 @@ def run_conv_case(case: dict) -> str:
     b = torch.randn(case["c_out"], generator=g, dtype=case["dtype"]) if case["bias"] else None
     try:
         expected = _call(case, "plain", x, w, b)
-    except Exception as exc:  # torch refuses: so must we, with the same exception type
-        try:
-            _call(case, "ours", x.requires_grad_(), w, b).sum().backward()
-        except Exception as ours:
-            if type(ours) is type(exc):
-                return "same-error"
-            return f"mismatch: torch {type(exc).__name__}, ours {type(ours).__name__}: {ours}"[:300]
-        return f"mismatch: torch raised {type(exc).__name__}: {exc}, ours ran"[:300]
+    except Exception as exc:
+        return _refused_alike(exc, lambda: _call(case, "ours", x.requires_grad_(), w, b))
     xr = x.detach().clone().requires_grad_()
     try:
         out = _call(case, "ours", xr, w, b)
@@ -249,14 +254,8 @@ def run_transposed_case(case: dict) -> str:
     b = torch.randn(case["c_out"], generator=g, dtype=case["dtype"]) if case["bias"] else None
     try:
         plain = _call_transposed(case, "plain", x, w, b)
-    except Exception as exc:  # torch refuses: so must we, with the same exception type
-        try:
-            _call_transposed(case, "ours", x.requires_grad_(), w, b).sum().backward()
-        except Exception as ours:
-            if type(ours) is type(exc):
-                return "same-error"
-            return f"mismatch: torch {type(exc).__name__}, ours {type(ours).__name__}: {ours}"[:300]
-        return f"mismatch: torch raised {type(exc).__name__}: {exc}, ours ran"[:300]
+    except Exception as exc:
+        return _refused_alike(exc, lambda: _call_transposed(case, "ours", x.requires_grad_(), w, b))
     xr, wr = x.detach().clone().requires_grad_(), w.clone().requires_grad_()
     br = b.clone().requires_grad_() if b is not None else None
     try:
