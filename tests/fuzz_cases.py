@@ -308,7 +308,8 @@ def _list(rng: random.Random):
 
 def draw_direct(rng: random.Random) -> dict:
     return dict(
-        op=rng.choice(["conv", "conv_transpose", "scale_weight", "scale_taps", "scale_border_", "scale_border"]),
+        op=rng.choice(["conv", "conv_transpose", "output_factors", "scale_weight", "scale_taps", "scale_border_",
+                       "scale_border"]),
         rank=rng.choice([1, 2, 3, 4, 4, 5, 6]), sizes=[rng.randint(0, 5) for _ in range(6)],
         lists=[_list(rng) for _ in range(5)], groups=rng.choice([-1, 0, 1, 2, 2**40]),
         correction=rng.choice(["position", "kernel", "map", "none", "bogus", ""]),
@@ -329,6 +330,8 @@ def run_direct_case(case: dict) -> str:
             ops.conv(t, w, None, a, b, c, case["groups"], case["correction"], case["power"])
         elif case["op"] == "conv_transpose":
             ops.conv_transpose(t, w, None, a, b, e, c, case["groups"], case["correction"], case["power"])
+        elif case["op"] == "output_factors":
+            ops.output_factors(t, a, b, c, d, e, case["correction"], case["power"])
         elif case["op"] == "scale_weight":
             ops.scale_weight(w, a, b, c, d, case["correction"], case["power"], e)
         elif case["op"] == "scale_taps":

@@ -85,3 +85,17 @@ def test_azimuthal_spectrum_of_a_single_frequency():
     assert spectrum[torch.arange(spectrum.numel()) != 3].abs().max() < 1e-12
     with pytest.raises(ValueError):
         azimuthal_spectrum(torch.randn(4, 4))
+
+
+def test_argument_forms_and_refusals():
+    import numpy as np
+
+    x = tiled([[2.0, 1.0], [1.0, 1.0]], (4, 4))
+    for stride in (2, (2,), [2, 2], np.int64(2), (np.int32(2), 2)):
+        assert phase_energy_ratio(x, stride) == pytest.approx(4.0)
+        assert harmonic_energy_ratio(x, stride) > 1
+    for bad in [dict(stride=0), dict(stride=(2, 2, 2)), dict(stride=2.0), dict(border=-1), dict(border=1.5)]:
+        with pytest.raises((ValueError, TypeError)):
+            phase_energy_ratio(x, **{"stride": 2} | bad)
+    with pytest.raises(ValueError):
+        phase_energy_ratio(torch.zeros(4, 4), 2)  # no (N, C) dims
