@@ -141,15 +141,3 @@ def fmt(v, digits=2):
 
 def mean_std(values: List[float]) -> Tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def accuracy_table(results: List[dict]) -> List[str]:
-    """Final test accuracy (%) of every (setting, init) and variant of a training run (the rows
-    train.json stores), mean ± std over seeds; variants in the order they appear."""
-    variants = list(dict.fromkeys(r["variant"] for r in results))
-    cells = {(r["setting"], r["init"], r["variant"]): mean_std([100 * a for a in r["final_acc"]]) for r in results}
-    lines = ["| setting | init | " + " | ".join(variants) + " |", "|---|---" + "|---" * len(variants) + "|"]
-    for setting, init in dict.fromkeys((r["setting"], r["init"]) for r in results):
-        lines.append(f"| {setting} | {init} | " + " | ".join(
-            "{:.1f} ± {:.1f}".format(*cells[(setting, init, v)]) for v in variants) + " |")
-    return lines

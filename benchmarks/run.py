@@ -22,7 +22,7 @@ import torch
 import speed
 import transposed
 import variance
-from common import accuracy_table, describe
+from common import describe
 
 
 def _study(out_dir: str, name: str, title: str, missing: str):
@@ -36,13 +36,16 @@ def _study(out_dir: str, name: str, title: str, missing: str):
 
 
 def training_section(out_dir: str) -> list:
-    """The accuracy table of benchmarks/train.py when its train.json is in the same directory."""
+    """The main table of benchmarks/train.py when its train.json is in the same directory."""
     lines, data = _study(out_dir, "train", "Training", "trains plain and corrected networks (MNIST-1D, "
-                         "scikit-learn digits, a deep plain CNN) and writes train.md.")
+                         "8x8 and 28x28 digits, a deep plain CNN, a Fixup residual net), each variant at its own "
+                         "tuned learning rate, and writes train.md.")
     if data is None:
         return lines
-    return lines + [f"From [train.md](train.md) (`{data['meta']['command']}`): final test accuracy (%), "
-                    f"mean ± std over {len(data['results'][0]['final_acc'])} seeds.", ""] + accuracy_table(data["results"])
+    from training_report import summary_table
+
+    return lines + [f"From [train.md](train.md) (`{data['meta']['command']}`): test accuracy (%) at each variant's "
+                    f"own learning rate, mean ± std over {len(data['results'][0]['final_acc'])} seeds.", ""] + summary_table(data)
 
 
 def decoder_section(out_dir: str) -> list:

@@ -1,28 +1,36 @@
-"""Training evidence: plain strided convolutions against strideconv's corrections.
+"""Training evidence: plain strided convolutions against strideconv's corrections, every variant
+with its own tuned learning rate.
 
-    python benchmarks/train.py                # the default set, CPU (about 15 minutes on 2 cores)
+    python benchmarks/train.py                # the default set, CPU (about 35 minutes on 2 cores)
     python benchmarks/train.py --quick        # smoke run (a test runs it)
     python benchmarks/train.py --device cuda
-    python benchmarks/train.py --tune         # the plain-only learning-rate sweep behind SETTINGS
+    python benchmarks/train.py --settings deep28-cnn fixup28-resnet
 
-Every setting trains one network with plain convolutions (torch.nn.ConvNd) and with each
-correction ("position", "kernel", "map"; power 0.5 and 1), from PyTorch's default init, from
-Kaiming init (torch.nn.init, fan_out, as torchvision's ResNets) and from stride-aware Kaiming
-init (strideconv.init.init_convs_, the effective fan_out), over several seeds. A seed fixes the
-initial weights and the order of the minibatches, so every variant sees the same ones: the
-comparison is paired.
+Every setting (training_setup.SETTINGS) trains one network with plain convolutions
+(torch.nn.ConvNd) and with the corrections ("position", "kernel", "map"; power 0.5, and
+"position" with power 1), from the network's default init, from Kaiming init and from
+strideconv.init's stride-aware Kaiming init (training_setup.VARIANTS).
 
-The hyperparameters are fixed per setting in SETTINGS and shared by every variant. MNIST-1D's
-reference CNN uses its authors' settings. The other learning rates were picked with --tune (plain
-convolutions only, the mean of both Kaiming inits and the default init, on a validation split
-carved out of the training set) before any corrected run; the sweep's output is quoted next to
-each setting.
+Protocol, the same for every variant:
 
-The seeds of one (setting, variant) train side by side in a single network whose convolutions
-have groups = number of runs: group g of every layer is run g's layer, and the head is a batched
-matmul. Every run has its own parameters, minibatches and optimizer state (Adam and SGD act
-element-wise), so it is exactly the network trained alone (tests/test_benchmarks.py checks the
-gradients against separate networks); small networks train several times faster this way.
+- each setting has one learning-rate grid, log-spaced (half decades, 5 values); every variant
+  trains at every value of it with the same seeds (5 by default) on the training split;
+- each variant's learning rate is the one with the best mean validation accuracy (the
+  validation split is carved from the training data; the test set is never selected on);
+- if any variant's best lies on an edge of the grid, the grid is widened there for every variant
+  of the setting (up to --widen times) and the choice is made again;
+- reported: test accuracy at each variant's own learning rate (mean ± std over the seeds), its
+  paired difference to plain (same seed, same initial weights) with a 95% t-interval, and, from the
+  same runs, each variant at the learning rate tuned for plain ("swap the layer, change nothing
+  else"); the time per training step relative to plain, measured in the same runs.
+
+A seed fixes the initial weights and the order of the minibatches, so every variant and every
+learning rate sees the same ones. The runs of one (setting, variant), all learning rates and seeds,
+train side by side in a single network whose convolutions have groups = number of runs: group g of
+every layer is run g's layer, the head is a batched matmul, and the optimizer steps each run's
+rows with that run's learning rate. Adam and SGD act element-wise, so every run is exactly the
+network trained alone (tests/test_benchmarks.py checks gradients and optimizer steps against
+separate networks and torch.optim); small networks train several times faster this way.
 
 Writes train.md, train.json and PNG plots into --out (default benchmarks/out).
 """
@@ -32,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from dataclasses import asdict, replace
 
@@ -40,24 +47,51 @@ import torch
 
 from common import describe, tqdm
 from training_loop import run_jobs
-from training_report import as_rows, collect, rerender, write_report
-from training_setup import INITS, SETTINGS, TUNE_LRS, VARIANTS, load_data, validation_split
+from training_report import best_lrs, rerender, widened, write_report
+from training_setup import SETTINGS, VARIANTS, load_data
 
 
-# ----- --tune: the plain-only learning-rate sweep -----------------------------------------------
+def sweep(settings, seeds, device, workers, widen: int, datasets):
+    """Train every variant of every setting at every learning rate of its grid, widening the
+    grids where a best lands on an edge. Returns (grids, rows): one row per (setting, variant, lr)."""
+    grids = {s.name: list(s.lrs) for s in settings}
+    rows = []
+    pending = [(s, v, list(s.lrs)) for s in settings for v in s.variants()]
+    for round_ in range(widen + 1):
+        jobs = [(s, v, [(lr, seed) for lr in lrs for seed in seeds], datasets[s.data]) for s, v, lrs in pending]
+        desc = "training" if round_ == 0 else f"widening the grid ({round_})"
+        for name, variant, runs, res in tqdm(run_jobs(jobs, device, workers), total=len(jobs), desc=desc):
+            rows += split_runs(name, variant, runs, res, first_round=round_ == 0)
+        pending = []
+        for s in settings:
+            if round_ == widen:
+                break
+            extra = widened(grids[s.name], best_lrs(rows, s.name, grids[s.name]))
+            if extra:
+                print(f"{s.name}: a best learning rate is on an edge of {grids[s.name]}; adding {extra}", flush=True)
+                grids[s.name] = sorted(grids[s.name] + extra)
+                pending += [(s, v, extra) for v in s.variants()]
+        if not pending:
+            break
+    return grids, rows
 
-def tune(settings, seeds, device, workers):
-    jobs = []
-    for s in settings:
-        data = validation_split(load_data(s.data))
-        for lr in TUNE_LRS[s.optimizer]:
-            jobs.append((replace(s, lr=lr), "plain", [(i, sd) for i in INITS for sd in seeds], data))
-    print("plain-only sweep, validation accuracy (%) at the last step, mean over seeds:")
-    results = run_jobs(jobs, device, workers)
-    for (s, _, runs, _), (_, _, _, res) in zip(jobs, tqdm(results, total=len(jobs))):
-        by_init = {i: statistics.fmean(a for (ini, _), a in zip(runs, res["final_acc"]) if ini == i) for i in INITS}
-        print(f"  {s.name} {s.optimizer} lr={s.lr:g}: " + ", ".join(f"{i} {100 * a:.1f}" for i, a in by_init.items())
-              + f"; mean {100 * statistics.fmean(by_init.values()):.1f}", flush=True)
+
+def split_runs(setting: str, variant: str, runs, res, first_round: bool):
+    """One job's results (its runs side by side) as one row per learning rate, seeds in order."""
+    out = []
+    for lr in dict.fromkeys(lr for lr, _ in runs):
+        cols = [i for i, (r, _) in enumerate(runs) if r == lr]
+        pick = lambda table: [[row[i] for i in cols] for row in table]  # noqa: E731
+        out.append(dict(
+            setting=setting, variant=variant, lr=lr, seeds=[runs[i][1] for i in cols],
+            val_acc=[res["val_acc"][i] for i in cols], final_acc=[res["final_acc"][i] for i in cols],
+            steps=res["steps"], train_loss=pick(res["train_loss"]), test_acc=pick(res["test_acc"]),
+            grad_rms_init=pick(res["grad_rms_init"]), grad_rms_final=pick(res["grad_rms_final"]),
+            # the time of one step of the whole job (all its runs side by side); only the first
+            # round's jobs, which all hold the same number of runs, are compared
+            job_step_seconds=res["step_seconds"] if first_round else None, job_runs=len(runs),
+        ))
+    return out
 
 
 def main(argv=None):
@@ -67,39 +101,33 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--settings", nargs="*", default=[s.name for s in SETTINGS],
                         choices=[s.name for s in SETTINGS])
-    parser.add_argument("--inits", nargs="*", default=INITS, choices=INITS, help="a subset of the inits")
+    parser.add_argument("--widen", type=int, default=2,
+                        help="how many times a grid may be widened where a best is on its edge (default 2)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes on CPU")
-    parser.add_argument("--tune", action="store_true", help="run the plain-only learning-rate sweep and stop")
     parser.add_argument("--from-json", metavar="FILE", help="write train.md and the plots again from FILE")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
     args = parser.parse_args(argv)
+    if args.from_json:
+        return rerender(args.from_json)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device")
+    if args.seeds < 2:
+        parser.error("--seeds must be at least 2 (the report gives standard deviations and intervals)")
     settings = [s for s in SETTINGS if s.name in args.settings]
     seeds = list(range(2 if args.quick else args.seeds))
     if args.quick:
-        settings = [replace(s, steps=30, eval_every=10) for s in settings]
-    if args.from_json:
-        return rerender(args.from_json)
-    if args.tune:
-        return tune(settings, list(range(3)) if not args.quick else seeds, args.device, args.jobs)
+        settings = [replace(s, steps=20, eval_every=10) for s in settings]
 
     t0 = time.perf_counter()
     datasets = {name: load_data(name) for name in {s.data for s in settings}}
-    inits = [i for i in INITS if i in args.inits]
-    runs = [(init, seed) for init in inits for seed in seeds]
-    jobs = [(s, v, runs, datasets[s.data]) for s in settings for v, _, _ in VARIANTS]
-    raw = {}
-    for name, variant, job_runs, res in tqdm(run_jobs(jobs, args.device, args.jobs), total=len(jobs), desc="training"):
-        raw[(name, variant)] = (job_runs, res)
-    table = collect(raw, settings, inits)
+    grids, rows = sweep(settings, seeds, args.device, args.jobs, args.widen, datasets)
     os.makedirs(args.out, exist_ok=True)
     meta = dict(describe(args.device, "benchmarks/train.py", argv), wall_s=time.perf_counter() - t0)
+    data = dict(meta=meta, settings=[asdict(s) for s in settings], variants=[v._asdict() for v in VARIANTS],
+                grids=grids, results=rows)
     with open(os.path.join(args.out, "train.json"), "w") as f:
-        json.dump(dict(meta=meta, settings=[asdict(s) for s in settings], variants=VARIANTS, inits=inits,
-                       results=as_rows(table)),
-                  f, indent=1)
-    write_report(args.out, meta, settings, inits, table, len(seeds))
+        json.dump(data, f, indent=1)
+    write_report(args.out, data)
 
 
 if __name__ == "__main__":

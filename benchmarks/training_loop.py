@@ -1,5 +1,6 @@
-"""The training loop of the side-by-side runs, its measurements (loss, accuracy, input-gradient
-RMS per layer), and the worker processes that run the jobs."""
+"""The training loop of the side-by-side runs (one learning rate per run), its measurements
+(loss, accuracy, input-gradient RMS per layer, time per step), and the worker processes that run
+the jobs."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from typing import List, Tuple
 import torch
 import torch.nn.functional as F
 
-from training_models import Side, initialise, shared_batch, side_input, single_network
-from training_setup import VARIANTS, Setting
+from training_models import grouped_model, shared_batch, side_input
+from training_setup import Setting
+
+
+PROBE = 256  # training examples in the fixed batch whose input gradients are measured
 
 
 def run_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -26,7 +30,7 @@ def per_run_rms(t: torch.Tensor, groups: int) -> List[float]:
     return t.reshape(t.shape[0], groups, -1).pow(2).mean(dim=(0, 2)).sqrt().tolist()
 
 
-def input_grad_rms(model: Side, x: torch.Tensor, y: torch.Tensor) -> List[List[float]]:
+def input_grad_rms(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> List[List[float]]:
     """RMS of the gradient reaching each conv's input (the data's for the first), per run: [layer][run].
 
     The gradient is the one each layer passes back: the corrected one for strideconv layers."""
@@ -40,7 +44,7 @@ def input_grad_rms(model: Side, x: torch.Tensor, y: torch.Tensor) -> List[List[f
     return [per_run_rms(g, model.groups) for g in grads]
 
 
-def evaluate(model: Side, x: torch.Tensor, y: torch.Tensor) -> Tuple[List[float], List[float]]:
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Tuple[List[float], List[float]]:
     """Per-run test accuracy and test loss."""
     with torch.no_grad():
         x, y = shared_batch(x, y, model.groups)
@@ -57,56 +61,91 @@ def batch_order(seed: int, n: int, batch: int, steps: int) -> torch.Tensor:
     return torch.cat([torch.randperm(n, generator=gen) for _ in range(epochs)])[: steps * batch].view(steps, batch)
 
 
-def make_runs(setting: Setting, correction, power, runs: List[Tuple[str, int]]) -> Side:
-    nets = []
-    for init, seed in runs:
-        torch.manual_seed(seed)  # the same initial weights for every variant (strideconv draws as torch.nn)
-        nets.append(initialise(single_network(setting), init))
-    return Side(setting, correction, power, nets)
+class RunOptimizer:
+    """SGD with momentum 0.9 or Adam, as torch.optim computes them (no weight decay), with a
+    learning rate per run: every parameter of a grouped model holds the runs' parameters
+    concatenated along dimension 0, so run g's rows step with lrs[g]. Both act element-wise, so
+    each run steps exactly as it would alone (tests/test_benchmarks.py checks it against
+    torch.optim)."""
+
+    def __init__(self, params, kind: str, lrs: List[float], momentum=0.9, betas=(0.9, 0.999), eps=1e-8):
+        if kind not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {kind!r}")
+        self.params = [p for p in params if p.requires_grad]
+        self.kind, self.momentum, self.betas, self.eps, self.t = kind, momentum, betas, eps, 0
+        g = len(lrs)
+        self.lrs = []
+        for p in self.params:
+            lr = torch.tensor(lrs, dtype=p.dtype, device=p.device).repeat_interleave(p.shape[0] // g)
+            self.lrs.append(lr.view(-1, *([1] * (p.dim() - 1))))
+        self.state = [[torch.zeros_like(p) for _ in range(1 if kind == "sgd" else 2)] for p in self.params]
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self):
+        self.t += 1
+        b1, b2 = self.betas
+        for p, lr, state in zip(self.params, self.lrs, self.state):
+            if p.grad is None:
+                continue
+            if self.kind == "sgd":
+                (buf,) = state  # torch.optim.SGD, no dampening: buf = momentum * buf + grad, from buf = 0
+                buf.mul_(self.momentum).add_(p.grad)
+                p.sub_(lr * buf)
+            else:
+                m, v = state  # torch.optim.Adam
+                m.lerp_(p.grad, 1 - b1)
+                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                denom = (v.sqrt() / math.sqrt(1 - b2 ** self.t)).add_(self.eps)
+                p.sub_((lr / (1 - b1 ** self.t)) * m / denom)
 
 
-def train(setting: Setting, correction, power, runs: List[Tuple[str, int]], data, device="cpu"):
-    """Train the runs (init, seed) of one variant side by side; returns per-run curves and results."""
-    x, y, xt, yt = (t.to(device) for t in data)
-    model = make_runs(setting, correction, power, runs).to(device)
-    g = model.groups
-    if setting.optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=setting.lr)
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=setting.lr, momentum=0.9)
+def train(setting: Setting, correction, power, init: str, runs: List[Tuple[float, int]], data, device="cpu"):
+    """Train the runs (learning rate, seed) of one variant side by side; returns per-run curves and
+    results, and the time spent in training steps (evaluations not counted)."""
+    x, y, xv, yv, xt, yt = (t.to(device) for t in data)
+    model = grouped_model(setting, correction, power, init, [seed for _, seed in runs]).to(device)
+    g = len(runs)
+    opt = RunOptimizer(model.parameters(), setting.optimizer, [lr for lr, _ in runs])
     order = torch.stack([batch_order(seed, len(y), setting.batch, setting.steps) for _, seed in runs]).to(device)
-    probe = (x[:500], y[:500])  # a fixed batch for the gradient norms
-    out = dict(grad_rms_init=input_grad_rms(model, *probe), steps=[], train_loss=[], test_acc=[], test_loss=[])
+    probe = (x[:PROBE], y[:PROBE])  # a fixed batch for the gradient norms
+    out = dict(grad_rms_init=input_grad_rms(model, *probe), steps=[], train_loss=[], test_acc=[])
     running = torch.zeros(g, device=device)
+    step_seconds = 0.0
     for step in range(1, setting.steps + 1):
+        t0 = time.perf_counter()
         idx = order[:, step - 1]  # (G, B)
-        logits = model(side_input(x[idx]))
-        per_run = run_losses(logits, y[idx].t())
-        opt.zero_grad(set_to_none=True)
+        per_run = run_losses(model(side_input(x[idx])), y[idx].t())
+        opt.zero_grad()
         per_run.sum().backward()
         opt.step()
         running += per_run.detach()
+        if device != "cpu":
+            torch.cuda.synchronize(device)
+        step_seconds += time.perf_counter() - t0
         if step % setting.eval_every == 0 or step == setting.steps:
             span = step - (out["steps"][-1] if out["steps"] else 0)
-            acc, loss = evaluate(model, xt, yt)
             out["steps"].append(step)
             out["train_loss"].append((running / span).tolist())
-            out["test_acc"].append(acc)
-            out["test_loss"].append(loss)
+            out["test_acc"].append(evaluate(model, xt, yt)[0])
             running.zero_()
     out["grad_rms_final"] = input_grad_rms(model, *probe)
+    out["val_acc"] = evaluate(model, xv, yv)[0]
     out["final_acc"] = out["test_acc"][-1]
+    out["step_seconds"] = step_seconds / setting.steps
     return out
 
 
 def _job(args):
     setting, variant, runs, data, device, threads = args
     torch.set_num_threads(threads)
-    _, correction, power = next(v for v in VARIANTS if v[0] == variant)
     t0 = time.perf_counter()
-    res = train(setting, correction, power, runs, data, device)
+    res = train(setting, variant.correction, variant.power, variant.init, runs, data, device)
     res["seconds"] = time.perf_counter() - t0
-    return setting.name, variant, runs, res
+    return setting.name, variant.name, runs, res
 
 
 def run_jobs(jobs, device, workers):

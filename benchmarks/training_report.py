@@ -1,4 +1,5 @@
-"""The training study's tables, report (train.md) and plots."""
+"""The training study's learning-rate choice, tables, report (train.md) and plots, all computed
+from the rows train.json stores (one per setting, variant and learning rate)."""
 
 from __future__ import annotations
 
@@ -6,126 +7,253 @@ import json
 import math
 import os
 import statistics
-from typing import List
+from typing import Dict, List, Optional
 
 import numpy as np
 
-from common import accuracy_table, mean_std
-from training_setup import VARIANTS, Setting
+from common import mean_std
 
 
-def collect(raw, settings, inits):
-    """raw[(setting, variant)] -> per run results; regroup per init, runs in seed order."""
-    table = {}
-    for s in settings:
-        for variant, _, _ in VARIANTS:
-            runs, res = raw[(s.name, variant)]
-            for init in inits:
-                cols = [i for i, (ini, _) in enumerate(runs) if ini == init]
-                pick = lambda rows: [[row[i] for i in cols] for row in rows]  # noqa: E731
-                table[(s.name, variant, init)] = dict(
-                    seeds=[runs[i][1] for i in cols],
-                    final_acc=[res["final_acc"][i] for i in cols],
-                    steps=res["steps"],
-                    train_loss=pick(res["train_loss"]),
-                    test_acc=pick(res["test_acc"]),
-                    grad_rms_init=pick(res["grad_rms_init"]),
-                    grad_rms_final=pick(res["grad_rms_final"]),
-                    seconds=res["seconds"],
-                )
-    return table
+# ----- the learning-rate choice -----------------------------------------------------------------
+
+def val_means(rows: List[dict], setting: str) -> Dict[str, Dict[float, float]]:
+    """{variant: {lr: mean validation accuracy over the seeds}} of one setting."""
+    out: Dict[str, Dict[float, float]] = {}
+    for r in rows:
+        if r["setting"] == setting:
+            out.setdefault(r["variant"], {})[r["lr"]] = statistics.fmean(r["val_acc"])
+    return out
 
 
-def as_rows(table) -> List[dict]:
-    """The table as train.json stores it: one dict per (setting, variant, init)."""
-    return [dict(setting=k[0], variant=k[1], init=k[2], **v) for k, v in table.items()]
+def best_lrs(rows: List[dict], setting: str, grid: List[float]) -> Dict[str, Dict[float, float]]:
+    """The validation means of each variant restricted to `grid` (what the choice sees)."""
+    return {v: {lr: m[lr] for lr in grid if lr in m} for v, m in val_means(rows, setting).items()}
+
+
+def chosen(means: Dict[float, float]) -> float:
+    """The learning rate with the best mean validation accuracy (the smaller one on a tie)."""
+    return max(sorted(means), key=lambda lr: means[lr])
+
+
+def widened(grid: List[float], means_by_variant: Dict[str, Dict[float, float]]) -> List[float]:
+    """The learning rates to add to `grid` where some variant's best is on its edge and strictly
+    better than its neighbour (a tie, such as chance accuracy everywhere, does not point anywhere).
+    The grid alternates 1 and 3 (half decades): one more value at that end keeps the pattern."""
+    grid = sorted(grid)
+    extra = []
+    for means in means_by_variant.values():
+        best = chosen(means)
+        if best == grid[0] and means[grid[0]] > means[grid[1]] and grid[1] / 10 not in extra:
+            extra.append(grid[1] / 10)
+        if best == grid[-1] and means[grid[-1]] > means[grid[-2]] and grid[-2] * 10 not in extra:
+            extra.append(grid[-2] * 10)
+    return sorted(extra)
+
+
+def t_interval(diffs: List[float], level: float = 0.95) -> float:
+    """Half-width of the t confidence interval of the mean of paired differences."""
+    from scipy.stats import t
+
+    n = len(diffs)
+    return t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(diffs) / math.sqrt(n)
+
+
+def reference(variant: dict, variants: List[dict]) -> Optional[str]:
+    """The plain variant a variant is compared with: plain with the same init for a correction
+    (the same initial weights), plain from the default init for plain from another init."""
+    if variant["name"] == "plain":
+        return None
+    if variant["correction"] is None:
+        return "plain"
+    return next(v["name"] for v in variants if v["correction"] is None and v["init"] == variant["init"])
+
+
+class Study:
+    """The rows of train.json, indexed, with each variant's chosen learning rate."""
+
+    def __init__(self, data: dict):
+        self.data = data
+        self.rows = {(r["setting"], r["variant"], r["lr"]): r for r in data["results"]}
+        self.variants = data["variants"]
+        self.settings = data["settings"]
+        self.lr = {}
+        self.means = {}
+        for s in self.settings:
+            means = best_lrs(data["results"], s["name"], data["grids"][s["name"]])
+            self.means[s["name"]] = means
+            for v, m in means.items():
+                self.lr[(s["name"], v)] = chosen(m)
+
+    def names(self, setting: dict) -> List[str]:
+        return [v["name"] for v in self.variants if v["init"] in setting["inits"]]
+
+    def row(self, setting: str, variant: str, lr: Optional[float] = None) -> dict:
+        return self.rows[(setting, variant, self.lr[(setting, variant)] if lr is None else lr)]
+
+    def step_ratio(self, setting: str, variant: str) -> float:
+        """Time per training step relative to plain, from the first round's jobs (same size)."""
+        t = [r["job_step_seconds"] for (s, v, _), r in self.rows.items()
+             if s == setting and v == variant and r["job_step_seconds"] is not None]
+        base = [r["job_step_seconds"] for (s, v, _), r in self.rows.items()
+                if s == setting and v == "plain" and r["job_step_seconds"] is not None]
+        return t[0] / base[0]
+
+    def comparison(self, setting: str, variant: dict, at_reference_lr: bool) -> dict:
+        """Test accuracy (%) and the paired difference to the reference plain variant."""
+        ref = reference(variant, self.variants)
+        lr = self.lr[(setting, ref)] if at_reference_lr and ref else None
+        acc = [100 * a for a in self.row(setting, variant["name"], lr)["final_acc"]]
+        out = dict(lr=self.lr[(setting, variant["name"])] if lr is None else lr, acc=mean_std(acc), ref=ref)
+        if ref is not None:
+            base = [100 * a for a in self.row(setting, ref)["final_acc"]]
+            diffs = [a - b for a, b in zip(acc, base)]
+            out["delta"] = (statistics.fmean(diffs), t_interval(diffs))
+        return out
+
+
+# ----- tables ------------------------------------------------------------------------------------
+
+def _delta(c: dict) -> str:
+    if "delta" not in c:
+        return ""
+    m, h = c["delta"]
+    mark = " *" if abs(m) > h else ""
+    return f"{m:+.1f} [{m - h:+.1f}, {m + h:+.1f}]{mark}"
+
+
+def summary_table(data: dict) -> List[str]:
+    """Each variant at its own learning rate: the study's main table (also in run.py's report)."""
+    st = Study(data)
+    lines = ["| setting | variant | lr | validation % | test % | Δ test vs plain, 95% CI | step time vs plain |",
+             "|---|---|---|---|---|---|---|"]
+    for s in st.settings:
+        for v in st.variants:
+            if v["init"] not in s["inits"]:
+                continue
+            c = st.comparison(s["name"], v, at_reference_lr=False)
+            val = 100 * st.means[s["name"]][v["name"]][c["lr"]]
+            lines.append(f"| {s['name']} | {v['name']} | {c['lr']:g} | {val:.1f} | {c['acc'][0]:.1f} ± {c['acc'][1]:.1f} "
+                         f"| {_delta(c)} | {st.step_ratio(s['name'], v['name']):.2f} |")
+    return lines
+
+
+def plain_lr_table(st: Study) -> List[str]:
+    lines = ["| setting | variant | lr (plain's) | test % | Δ test vs plain, 95% CI |", "|---|---|---|---|---|"]
+    for s in st.settings:
+        for v in st.variants:
+            if v["init"] not in s["inits"] or v["correction"] is None:
+                continue
+            c = st.comparison(s["name"], v, at_reference_lr=True)
+            lines.append(f"| {s['name']} | {v['name']} | {c['lr']:g} | {c['acc'][0]:.1f} ± {c['acc'][1]:.1f} | {_delta(c)} |")
+    return lines
 
 
 def relative_profile(rows: List[List[float]]) -> List[float]:
-    """Per layer: mean over runs of RMS(dx_l) / RMS(dx_L), the last conv's input gradient.
+    """Per layer: mean over runs of RMS(dx_l) / RMS(dx_L), the last measured layer's input gradient.
 
     Runs whose last layer passes back no gradient at all (every ReLU dead) are left out; NaN if all are."""
     alive = [i for i, top in enumerate(rows[-1]) if top > 0]
     return [statistics.fmean(row[i] / rows[-1][i] for i in alive) if alive else math.nan for row in rows]
 
 
-def report(meta, settings, inits, table, seeds, plots) -> str:
+def setting_section(st: Study, s: dict, plot_name: str) -> List[str]:
+    name, grid = s["name"], st.data["grids"][s["name"]]
+    layers = (f"Layers (in, out, kernel, stride, padding): {', '.join(str(tuple(l)) for l in s['layers'])}; "
+              if s["layers"] else "")
+    lines = ["", f"## {name}", "", f"{s['note']}. {layers}{s['steps']} steps, batch {s['batch']}, "
+             f"{s['optimizer'].upper() if s['optimizer'] == 'sgd' else 'Adam'}.", "",
+             "Validation accuracy (%) over the learning-rate grid, mean over the seeds; **bold**: each variant's choice.", "",
+             "| variant | " + " | ".join(f"{lr:g}" for lr in grid) + " |", "|---" * (len(grid) + 1) + "|"]
+    for v in st.names(s):
+        means = st.means[name][v]
+        cells = [(f"**{100 * means[lr]:.1f}**" if lr == st.lr[(name, v)] else f"{100 * means[lr]:.1f}") for lr in grid]
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    ends = [v for v in st.names(s) if st.lr[(name, v)] in (grid[0], grid[-1])]
+    if ends:
+        lines += ["", f"Still on an edge of the widened grid: {', '.join(ends)}."]
+    first = st.row(name, "plain")["grad_rms_init"]
+    lines += ["", "Input-gradient RMS of each measured layer (convolutions; for the residual net the stem and each "
+              "block) relative to the last one's, on a fixed batch of training examples, mean over the seeds, at "
+              "initialisation → after training at the chosen learning rate (Kaiming's analysis intends 1 for every "
+              "layer at initialisation; runs whose last layer passes back no gradient are left out):", "",
+              "| variant | " + " | ".join(f"layer {i + 1}" for i in range(len(first) - 1)) + " |",
+              "|---|" + "---|" * (len(first) - 1)]
+    for v in st.names(s):
+        r = st.row(name, v)
+        a, b = relative_profile(r["grad_rms_init"]), relative_profile(r["grad_rms_final"])
+        lines.append(f"| {v} | " + " | ".join(f"{x:.2f} → {y:.2f}" for x, y in list(zip(a, b))[:-1]) + " |")
+    return lines + ["", f"![{name}]({plot_name})"]
+
+
+def report(data: dict, plots: Dict[str, str]) -> str:
+    st, meta = Study(data), data["meta"]
+    seeds = len(data["results"][0]["final_acc"])
     lines = [
         "# strideconv training report", "",
         f"- date: {meta['date']}", f"- machine: {meta['machine']}", f"- torch {meta['torch']}",
         f"- device: {meta['device']}", f"- command: `{meta['command']}`", f"- wall time: {meta['wall_s']:.0f} s",
         "",
-        f"Final test accuracy (%), mean ± standard deviation over {seeds} seeds. A seed fixes the initial "
-        "weights and the minibatch order, the same for every variant; `Δ` is the mean paired difference "
-        "to `plain` (same seed, same init) ± its standard deviation. Hyperparameters are fixed per "
-        "setting and shared by all variants.", "",
-    ] + accuracy_table(as_rows(table))
-    for s in settings:
-        lines += ["", f"## {s.name}", "", f"{s.note}. Layers (in, out, kernel, stride, padding): "
-                  f"{', '.join(str(l) for l in s.layers)}; {s.steps} steps, batch {s.batch}.", ""]
-        lines.append("| variant | " + " | ".join(f"{i} | Δ {i}" for i in inits) + " |")
-        lines.append("|---" * (1 + 2 * len(inits)) + "|")
-        for variant, _, _ in VARIANTS:
-            cells = []
-            for init in inits:
-                acc = [100 * a for a in table[(s.name, variant, init)]["final_acc"]]
-                base = [100 * a for a in table[(s.name, "plain", init)]["final_acc"]]
-                m, sd = mean_std(acc)
-                cells.append(f"{m:.1f} ± {sd:.1f}")
-                dm, dsd = mean_std([a - b for a, b in zip(acc, base)])
-                cells.append("" if variant == "plain" else f"{dm:+.1f} ± {dsd:.1f}")
-            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-        lines += ["", "Input-gradient RMS of each conv layer relative to the last conv's, on a fixed batch of "
-                  "500 training examples, mean over seeds, at initialisation → after training (Kaiming's "
-                  "fan_out analysis intends 1 for every layer at initialisation; runs whose last layer passes back no "
-                  "gradient, every ReLU dead, are left out, nan if all are):", "",
-                  "| variant | init | " + " | ".join(f"layer {i + 1}" for i in range(len(s.layers) - 1)) + " |",
-                  "|---|---|" + "---|" * (len(s.layers) - 1)]
-        for variant, _, _ in VARIANTS:
-            for init in inits:
-                r = table[(s.name, variant, init)]
-                a, b = relative_profile(r["grad_rms_init"]), relative_profile(r["grad_rms_final"])
-                lines.append(f"| {variant} | {init} | " +
-                             " | ".join(f"{u:.2f} → {v:.2f}" for u, v in list(zip(a, b))[:-1]) + " |")
-        lines += ["", f"![{s.name}]({plots[s.name]})"]
+        "Every variant has its own learning rate: each trains at every value of its setting's grid with the same "
+        f"{seeds} seeds, and the value with the best mean validation accuracy is chosen (the grid is widened for every "
+        "variant where a best lands on its edge). Test accuracy (%) at that learning rate, mean ± std over the seeds. "
+        "A seed fixes the initial weights and the minibatch order, the same for every variant and learning rate. "
+        "`Δ` is the mean paired difference (same seed) to `plain` with the same init (for `plain` from another "
+        "init: to `plain` from the default init), with a 95% t-interval; `*` marks an interval that excludes 0. "
+        "Step time: wall time of a training step relative to `plain` in the same run (all learning rates and seeds "
+        "of a variant step together; both CPU workers busy).", "",
+    ] + summary_table(data) + [
+        "", "## At the learning rate tuned for plain", "",
+        "What swapping the layer and changing nothing else gives: each correction at the learning rate chosen for "
+        "`plain` with the same init (the same runs as above).", "",
+    ] + plain_lr_table(st)
+    for s in st.settings:
+        lines += setting_section(st, s, plots[s["name"]])
     return "\n".join(lines) + "\n"
 
 
-def plot(setting, inits, table, out_dir) -> str:
+# ----- plots -------------------------------------------------------------------------------------
+
+def plot(st: Study, s: dict, out_dir: str) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(inits), figsize=(5 * len(inits), 7.5), squeeze=False, sharex=True)
-    colours = plt.cm.tab10(np.arange(len(VARIANTS)))
-    for col, init in enumerate(inits):
-        for (variant, _, _), colour in zip(VARIANTS, colours):
-            r = table[(setting.name, variant, init)]
-            style = "--" if "p=1" in variant else "-"
-            colour = "black" if variant == "plain" else colour
-            for row, key in enumerate(("train_loss", "test_acc")):
-                vals = np.array(r[key])  # (evals, seeds)
-                m, sd = vals.mean(1), vals.std(1)
-                ax = axes[row, col]
-                ax.plot(r["steps"], m, style, color=colour, lw=2 if variant == "plain" else 1.2, label=variant)
-                ax.fill_between(r["steps"], m - sd, m + sd, color=colour, alpha=0.12)
-        axes[0, col].set_title(f"{setting.name}, init: {init}")
-        axes[0, col].set_yscale("log")
-        axes[0, col].set_ylabel("training loss (mean of each interval)")
-        axes[1, col].set_ylabel("test accuracy")
-        axes[1, col].set_xlabel("step")
-    axes[1, 0].legend(fontsize=8)
+    name, grid = s["name"], st.data["grids"][s["name"]]
+    names = st.names(s)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    colours = plt.cm.tab10(np.arange(len(names)) % 10)
+    for v, colour in zip(names, colours):
+        style = "-" if v.split(" · ")[0] in ("plain", "position") else "--"
+        colour = "black" if v == "plain" else colour
+        means = st.means[name][v]
+        axes[0].plot(grid, [100 * means[lr] for lr in grid], style, marker="o", ms=3, color=colour, label=v)
+        r = st.row(name, v)
+        for ax, key in ((axes[1], "train_loss"), (axes[2], "test_acc")):
+            vals = np.array(r[key]) * (100 if key == "test_acc" else 1)
+            ax.plot(r["steps"], vals.mean(1), style, color=colour, lw=2 if v == "plain" else 1.2, label=v)
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("learning rate")
+    axes[0].set_ylabel("validation accuracy (%)")
+    axes[0].set_title(f"{name}: the learning-rate sweep")
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("training loss (mean of each interval)")
+    axes[1].set_title("at each variant's learning rate")
+    axes[2].set_ylabel("test accuracy (%)")
+    for ax in axes[1:]:
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
-    name = f"train_{setting.name}.png"
-    fig.savefig(os.path.join(out_dir, name), dpi=90)
+    path = f"train_{name}.png"
+    fig.savefig(os.path.join(out_dir, path), dpi=85)
     plt.close(fig)
-    return name
+    return path
 
 
-def write_report(out_dir, meta, settings, inits, table, seeds):
-    plots = {s.name: plot(s, inits, table, out_dir) for s in settings}
-    text = report(meta, settings, inits, table, seeds, plots)
+def write_report(out_dir: str, data: dict) -> None:
+    st = Study(data)
+    plots = {s["name"]: plot(st, s, out_dir) for s in st.settings}
+    text = report(data, plots)
     with open(os.path.join(out_dir, "train.md"), "w") as f:
         f.write(text)
     print(text)
@@ -136,8 +264,4 @@ def rerender(path: str) -> None:
     """Write train.md and the plots again from a train.json (no training)."""
     with open(path) as f:
         data = json.load(f)
-    settings = [Setting(**dict(d, layers=tuple(tuple(l) for l in d["layers"]))) for d in data["settings"]]
-    keys = ("setting", "variant", "init")
-    table = {tuple(r[k] for k in keys): {k: v for k, v in r.items() if k not in keys} for r in data["results"]}
-    write_report(os.path.dirname(os.path.abspath(path)), data["meta"], settings, data["inits"], table,
-                 len(data["results"][0]["final_acc"]))
+    write_report(os.path.dirname(os.path.abspath(path)), data)

@@ -24,31 +24,64 @@ import training_report  # noqa: E402
 import training_setup  # noqa: E402
 
 
-@pytest.mark.parametrize("name", ["digits-cnn", "deep-sgd"])
-@pytest.mark.parametrize("correction,power", [(None, 0.5), ("position", 0.5), ("kernel", 1.0), ("map", 0.5)])
-def test_side_by_side_equals_separate_networks(name, correction, power):
-    setting = next(s for s in training_setup.SETTINGS if s.name == name)
-    runs = [("default", 0), ("kaiming-stride", 1), ("default", 2)]
-    side = training_loop.make_runs(setting, correction, power, runs).double()
-    separate = []
-    for init, seed in runs:  # what a user writes: one network, the layers of this correction
-        torch.manual_seed(seed)
+def _setting(name):
+    return next(s for s in training_setup.SETTINGS if s.name == name)
+
+
+def _user_network(setting, correction, power, init, seed):
+    """What a user writes: one network with this correction's layers, from the seed's initial weights."""
+    torch.manual_seed(seed)
+    if setting.arch == "fixup":
+        net = training_models.fixup_initialise(training_models.Fixup(setting, None, power), init)
+        user = training_models.Fixup(setting, correction, power)
+    else:
         net = training_models.initialise(training_models.single_network(setting), init)
         user = training_models.single_network(setting, correction, power)
-        user.load_state_dict(net.state_dict())
-        separate.append(user.double())
-    size = (8, 8) if setting.data == "digits" else (40,)
+    user.load_state_dict(net.state_dict())
+    return user
+
+
+def _perturb_(model, seed):
+    """Move every parameter off its init (Fixup starts branches and head at zero, which would make
+    most gradients compared below trivially zero)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+
+@pytest.mark.parametrize("name", ["digits8-cnn", "mnist1d-cnn", "fixup28-resnet"])
+@pytest.mark.parametrize("correction,power", [(None, 0.5), ("position", 0.5), ("kernel", 1.0), ("map", 0.5)])
+def test_side_by_side_equals_separate_networks(name, correction, power):
+    setting = _setting(name)
+    init, seeds = "stride", [0, 1, 2]
+    side = training_models.grouped_model(setting, correction, power, init, seeds).double()
+    separate = [_user_network(setting, correction, power, init, seed).double() for seed in seeds]
+    if setting.arch == "fixup":
+        for g, net in enumerate(separate):
+            _perturb_(net, g)
+        training_models.stacked(side, separate)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(len(runs), 6, 1, *size, generator=gen, dtype=torch.float64)  # a minibatch per run
-    y = torch.randint(0, 10, (len(runs), 6), generator=gen)
+    x = torch.randn(len(seeds), 6, 1, *([setting.size] * setting.dim), generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 10, (len(seeds), 6), generator=gen)
 
     logits = side(training_models.side_input(x))
     training_loop.run_losses(logits, y.t()).sum().backward()
-    convs = list(side.convs)
+    grads = {k: p.grad for k, p in side.named_parameters()}
+    assert all(g is not None for g in grads.values())
     for g, net in enumerate(separate):
-        out = net(x[g])
+        if setting.arch == "fixup":
+            out = net(x[g])[:, 0]
+        else:
+            out = net(x[g])
         torch.testing.assert_close(logits[:, g], out)
         F.cross_entropy(out, y[g]).backward()
+        if setting.arch == "fixup":  # every parameter is the runs' concatenated along dim 0
+            for k, p in net.named_parameters():
+                rows = slice(g * p.shape[0], (g + 1) * p.shape[0])
+                torch.testing.assert_close(grads[k][rows], p.grad, msg=k)
+            continue
+        convs = list(side.convs)
         for i, conv in enumerate(training_models.conv_layers(net)):
             rows = slice(g * conv.out_channels, (g + 1) * conv.out_channels)
             torch.testing.assert_close(convs[i].weight.grad[rows], conv.weight.grad)
@@ -57,19 +90,96 @@ def test_side_by_side_equals_separate_networks(name, correction, power):
         torch.testing.assert_close(side.head_b.grad[g], net[-1].bias.grad)
 
 
+@pytest.mark.parametrize("name", ["digits8-cnn", "fixup28-resnet"])
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_run_optimizer_steps_each_run_as_torch_optim(name, kind):
+    """Runs side by side with a learning rate each end where torch.optim takes each network alone."""
+    setting = _setting(name)
+    lrs, seeds = [3e-3, 1e-1, 3e-2], [4, 5, 6]
+    side = training_models.grouped_model(setting, "position", 0.5, "default", seeds).double()
+    separate = [_user_network(setting, "position", 0.5, "default", seed).double() for seed in seeds]
+    for g, net in enumerate(separate):
+        _perturb_(net, g)
+    side = training_models.stacked(side, separate) if setting.arch == "fixup" else side
+    if setting.arch != "fixup":
+        for g, net in enumerate(separate):  # the same perturbation, into the Side's layout
+            with torch.no_grad():
+                for i, conv in enumerate(training_models.conv_layers(net)):
+                    rows = slice(g * conv.out_channels, (g + 1) * conv.out_channels)
+                    side.convs[i].weight[rows] = conv.weight
+                    side.convs[i].bias[rows] = conv.bias
+                side.head_w[g] = net[-1].weight.t()
+                side.head_b[g] = net[-1].bias
+    opt = training_loop.RunOptimizer(side.parameters(), kind, lrs)
+    torch_opts = [(torch.optim.SGD(n.parameters(), lr=lr, momentum=0.9) if kind == "sgd"
+                   else torch.optim.Adam(n.parameters(), lr=lr)) for n, lr in zip(separate, lrs)]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        x = torch.randn(len(seeds), 5, 1, *([setting.size] * setting.dim), generator=gen, dtype=torch.float64)
+        y = torch.randint(0, 10, (len(seeds), 5), generator=gen)
+        opt.zero_grad()
+        training_loop.run_losses(side(training_models.side_input(x)), y.t()).sum().backward()
+        opt.step()
+        for g, (net, o) in enumerate(zip(separate, torch_opts)):
+            o.zero_grad()
+            out = net(x[g])
+            F.cross_entropy(out[:, 0] if setting.arch == "fixup" else out, y[g]).backward()
+            o.step()
+    x = torch.randn(len(seeds), 7, 1, *([setting.size] * setting.dim), generator=gen, dtype=torch.float64)
+    logits = side(training_models.side_input(x))
+    for g, net in enumerate(separate):
+        out = net(x[g])
+        torch.testing.assert_close(logits[:, g], out[:, 0] if setting.arch == "fixup" else out)
+    moved = [(logits[:, g] - logits[:, 0]).abs().max().item() for g in (1, 2)]
+    assert min(moved) > 1e-3  # the runs' learning rates made a difference
+
+
+def test_fixup_initialisation_follows_the_rule():
+    setting = _setting("fixup28-resnet")
+    nets = {}
+    for init in ("default", "stride"):
+        torch.manual_seed(0)
+        nets[init] = training_models.fixup_initialise(training_models.Fixup(setting, None, 0.5), init)
+    blocks = len(nets["default"].blocks)
+    for init, net in nets.items():
+        assert net.head_w.abs().sum() == 0 and net.head_b.abs().sum() == 0
+        for block in net.blocks:
+            assert block.conv2.weight.abs().sum() == 0
+            w = block.conv1.weight
+            s = block.conv1.stride[0]
+            fan_out = w.shape[0] * w[0, 0].numel() / (s * s if init == "stride" else 1)
+            expected = (2 / fan_out) ** 0.5 * blocks ** -0.5
+            assert abs(w.std().item() / expected - 1) < 0.15, (init, w.shape, s)
+    # the stride-aware draw is larger by the stride exactly (same seed, same normal draws)
+    ratio = nets["stride"].stem.weight / nets["default"].stem.weight
+    torch.testing.assert_close(ratio, torch.full_like(ratio, 2.0))
+
+
+def test_grid_widening_and_choice():
+    grid = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
+    means = {"a": dict(zip(grid, [0.5, 0.6, 0.7, 0.8, 0.9])),  # best at the top edge
+             "b": dict(zip(grid, [0.9, 0.6, 0.7, 0.8, 0.5])),  # best at the bottom edge
+             "c": dict(zip(grid, [0.1] * 5))}  # never trains: a tie points nowhere
+    assert [round(v, 12) for v in training_report.widened(grid, means)] == [1e-4, 1e-1]
+    assert training_report.widened(grid, {"c": means["c"]}) == []
+    assert training_report.widened(grid, {"d": dict(zip(grid, [0.5, 0.9, 0.7, 0.8, 0.6]))}) == []
+    assert training_report.chosen(means["c"]) == 3e-4
+    assert training_report.chosen(means["a"]) == 3e-2
+    # the interval: n = 5 paired differences, t(0.975, 4) = 2.776
+    half = training_report.t_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert abs(half - 2.776 * (2.5 ** 0.5) / 5 ** 0.5) < 1e-3
+
+
 def test_input_grad_rms_is_the_corrected_gradient():
     """The reported first-layer value is the RMS of the data gradient each layer passes back."""
-    setting = next(s for s in training_setup.SETTINGS if s.name == "deep-sgd")
-    runs = [("kaiming", 0), ("kaiming", 1)]
-    side = training_loop.make_runs(setting, "position", 0.5, runs)
-    x, y = torch.randn(16, 1, 40), torch.randint(0, 10, (16,))
+    setting = _setting("deep28-cnn")
+    seeds = [0, 1]
+    side = training_models.grouped_model(setting, "position", 0.5, "kaiming", seeds)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
     rms = training_loop.input_grad_rms(side, x, y)
-    assert len(rms) == len(setting.layers) and all(len(r) == len(runs) for r in rms)
-    for g, (init, seed) in enumerate(runs):
-        torch.manual_seed(seed)
-        plain = training_models.initialise(training_models.single_network(setting), init)
-        net = training_models.single_network(setting, "position", 0.5)
-        net.load_state_dict(plain.state_dict())
+    assert len(rms) == len(setting.layers) and all(len(r) == len(seeds) for r in rms)
+    for g, seed in enumerate(seeds):
+        net = _user_network(setting, "position", 0.5, "kaiming", seed)
         xg = x.clone().requires_grad_(True)
         F.cross_entropy(net(xg), y).backward()
         assert abs(rms[0][g] - xg.grad.pow(2).mean().sqrt().item()) < 1e-5 * rms[0][g]
@@ -78,7 +188,7 @@ def test_input_grad_rms_is_the_corrected_gradient():
 def test_train_quick_run(tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "train.py"), "--quick", "--jobs", "1",
-         "--inits", "kaiming", "kaiming-stride", "--out", str(tmp_path)],
+         "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -86,27 +196,28 @@ def test_train_quick_run(tmp_path):
     data = json.loads((tmp_path / "train.json").read_text())
     names = {s.name for s in training_setup.SETTINGS}
     assert {r["setting"] for r in data["results"]} == names
-    assert len(data["results"]) == len(names) * len(training_setup.VARIANTS) * 2
+    for s in training_setup.SETTINGS:
+        grid = data["grids"][s.name]
+        assert set(s.lrs) <= set(grid) and len(grid) <= len(s.lrs) + 4
+        for v in s.variants():  # every variant at every value of its setting's (widened) grid
+            assert sorted(r["lr"] for r in data["results"] if (r["setting"], r["variant"]) == (s.name, v.name)) == grid
+        assert f"## {s.name}" in text
+        assert (tmp_path / f"train_{s.name}.png").stat().st_size > 10_000
     for r in data["results"]:
-        assert len(r["final_acc"]) == 2 and all(0.0 <= a <= 1.0 for a in r["final_acc"])
-        assert all(v > 0 for layer in r["grad_rms_init"] for v in layer)
-    for name in names:
-        assert f"## {name}" in text
-        assert (tmp_path / f"train_{name}.png").stat().st_size > 10_000
+        assert len(r["final_acc"]) == 2 and all(0.0 <= a <= 1.0 for a in r["final_acc"] + r["val_acc"])
     (tmp_path / "train.md").unlink()
     again = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train.py"), "--from-json",
                             str(tmp_path / "train.json")], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tmp_path / "train.md").read_text() == text
 
-    # Kaiming's intent, checked on the 8-layer net at initialisation: with PyTorch's fan_out the
+    # Kaiming's intent, checked on the 12-layer net at initialisation: with PyTorch's fan_out the
     # first layer gets a small fraction of the last one's gradient; with the stride-aware fan_out,
-    # or with "position" under PyTorch's fan_out, every layer gets about the same.
-    profile = {(r["variant"], r["init"]): training_report.relative_profile(r["grad_rms_init"])
-               for r in data["results"] if r["setting"] == "deep-sgd"}
-    assert profile[("plain", "kaiming")][0] < 0.4
-    for key in [("plain", "kaiming-stride"), ("position", "kaiming")]:
-        assert all(0.6 < v < 1.4 for v in profile[key]), (key, profile[key])
+    # or with "position" under the default init's relative profile, it gets more.
+    profile = {r["variant"]: training_report.relative_profile(r["grad_rms_init"])
+               for r in data["results"] if r["setting"] == "deep28-cnn"}
+    assert profile["plain · kaiming"][0] < 0.5
+    assert all(0.5 < v < 2.0 for v in profile["plain · stride init"]), profile["plain · stride init"]
 
 
 def test_benchmark_quick_run(tmp_path):
