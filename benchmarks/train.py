@@ -1,7 +1,7 @@
 """Training evidence: plain strided convolutions against strideconv's corrections, every variant
 with its own tuned learning rate.
 
-    python benchmarks/train.py                # the default set, CPU (about 35 minutes on 2 cores)
+    python benchmarks/train.py                # the default set, CPU (about 40 minutes on 2 cores)
     python benchmarks/train.py --quick        # smoke run (a test runs it)
     python benchmarks/train.py --device cuda
     python benchmarks/train.py --settings deep28-cnn fixup28-resnet

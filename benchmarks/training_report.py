@@ -50,6 +50,11 @@ def widened(grid: List[float], means_by_variant: Dict[str, Dict[float, float]]) 
     return sorted(extra)
 
 
+def trains_nowhere(means: Dict[float, float]) -> bool:
+    """The same validation accuracy (within 0.5 points) at every learning rate: chance everywhere."""
+    return max(means.values()) - min(means.values()) < 0.005
+
+
 def t_interval(diffs: List[float], level: float = 0.95) -> float:
     """Half-width of the t confidence interval of the mean of paired differences."""
     from scipy.stats import t
@@ -131,8 +136,9 @@ def summary_table(data: dict) -> List[str]:
             if v["init"] not in s["inits"]:
                 continue
             c = st.comparison(s["name"], v, at_reference_lr=False)
-            val = 100 * st.means[s["name"]][v["name"]][c["lr"]]
-            lines.append(f"| {s['name']} | {v['name']} | {c['lr']:g} | {val:.1f} | {c['acc'][0]:.1f} ± {c['acc'][1]:.1f} "
+            means = st.means[s["name"]][v["name"]]
+            lr = "none trains" if trains_nowhere(means) else f"{c['lr']:g}"
+            lines.append(f"| {s['name']} | {v['name']} | {lr} | {100 * means[c['lr']]:.1f} | {c['acc'][0]:.1f} ± {c['acc'][1]:.1f} "
                          f"| {_delta(c)} | {st.step_ratio(s['name'], v['name']):.2f} |")
     return lines
 
@@ -168,14 +174,19 @@ def setting_section(st: Study, s: dict, plot_name: str) -> List[str]:
         means = st.means[name][v]
         cells = [(f"**{100 * means[lr]:.1f}**" if lr == st.lr[(name, v)] else f"{100 * means[lr]:.1f}") for lr in grid]
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
-    ends = [v for v in st.names(s) if st.lr[(name, v)] in (grid[0], grid[-1])]
+    flat = [v for v in st.names(s) if trains_nowhere(st.means[name][v])]
+    ends = [v for v in st.names(s) if st.lr[(name, v)] in (grid[0], grid[-1]) and v not in flat]
+    if flat:
+        lines += ["", f"Trained at no learning rate of the grid (the same, chance, validation accuracy at every value; "
+                  f"reported at the smallest): {', '.join(flat)}."]
     if ends:
         lines += ["", f"Still on an edge of the widened grid: {', '.join(ends)}."]
     first = st.row(name, "plain")["grad_rms_init"]
     lines += ["", "Input-gradient RMS of each measured layer (convolutions; for the residual net the stem and each "
               "block) relative to the last one's, on a fixed batch of training examples, mean over the seeds, at "
               "initialisation → after training at the chosen learning rate (Kaiming's analysis intends 1 for every "
-              "layer at initialisation; runs whose last layer passes back no gradient are left out):", "",
+              "layer at initialisation; runs whose last layer passes back no gradient are left out, nan if all are: "
+              "Fixup starts its classifier at zero, so no layer gets a gradient at initialisation):", "",
               "| variant | " + " | ".join(f"layer {i + 1}" for i in range(len(first) - 1)) + " |",
               "|---|" + "---|" * (len(first) - 1)]
     for v in st.names(s):

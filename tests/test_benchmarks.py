@@ -164,6 +164,7 @@ def test_grid_widening_and_choice():
     assert training_report.widened(grid, {"c": means["c"]}) == []
     assert training_report.widened(grid, {"d": dict(zip(grid, [0.5, 0.9, 0.7, 0.8, 0.6]))}) == []
     assert training_report.chosen(means["c"]) == 3e-4
+    assert training_report.trains_nowhere(means["c"]) and not training_report.trains_nowhere(means["a"])
     assert training_report.chosen(means["a"]) == 3e-2
     # the interval: n = 5 paired differences, t(0.975, 4) = 2.776
     half = training_report.t_interval([1.0, 2.0, 3.0, 4.0, 5.0])
@@ -212,12 +213,13 @@ def test_train_quick_run(tmp_path):
     assert (tmp_path / "train.md").read_text() == text
 
     # Kaiming's intent, checked on the 12-layer net at initialisation: with PyTorch's fan_out the
-    # first layer gets a small fraction of the last one's gradient; with the stride-aware fan_out,
-    # or with "position" under the default init's relative profile, it gets more.
+    # first layer gets a small fraction of the last one's gradient; with the stride-aware fan_out
+    # it gets more, and "position" with PyTorch's fan_out gives every layer about the same.
     profile = {r["variant"]: training_report.relative_profile(r["grad_rms_init"])
                for r in data["results"] if r["setting"] == "deep28-cnn"}
     assert profile["plain · kaiming"][0] < 0.5
     assert all(0.5 < v < 2.0 for v in profile["plain · stride init"]), profile["plain · stride init"]
+    assert all(0.7 < v < 1.5 for v in profile["position · kaiming"]), profile["position · kaiming"]
 
 
 def test_benchmark_quick_run(tmp_path):
