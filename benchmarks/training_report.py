@@ -43,10 +43,11 @@ def widened(grid: List[float], means_by_variant: Dict[str, Dict[float, float]]) 
     extra = []
     for means in means_by_variant.values():
         best = chosen(means)
-        if best == grid[0] and means[grid[0]] > means[grid[1]] and grid[1] / 10 not in extra:
-            extra.append(grid[1] / 10)
-        if best == grid[-1] and means[grid[-1]] > means[grid[-2]] and grid[-2] * 10 not in extra:
-            extra.append(grid[-2] * 10)
+        low, high = float(f"{grid[1] / 10:.12g}"), float(f"{grid[-2] * 10:.12g}")  # 3e-4, not 3.0000000000000003e-4
+        if best == grid[0] and means[grid[0]] > means[grid[1]] and low not in extra:
+            extra.append(low)
+        if best == grid[-1] and means[grid[-1]] > means[grid[-2]] and high not in extra:
+            extra.append(high)
     return sorted(extra)
 
 

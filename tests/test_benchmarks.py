@@ -160,7 +160,8 @@ def test_grid_widening_and_choice():
     means = {"a": dict(zip(grid, [0.5, 0.6, 0.7, 0.8, 0.9])),  # best at the top edge
              "b": dict(zip(grid, [0.9, 0.6, 0.7, 0.8, 0.5])),  # best at the bottom edge
              "c": dict(zip(grid, [0.1] * 5))}  # never trains: a tie points nowhere
-    assert [round(v, 12) for v in training_report.widened(grid, means)] == [1e-4, 1e-1]
+    assert training_report.widened(grid, means) == [1e-4, 1e-1]
+    assert training_report.widened([1e-3, 3e-3, 1e-2, 3e-2, 1e-1], {"a": dict(zip([1e-3, 3e-3, 1e-2, 3e-2, 1e-1], [5, 4, 3, 2, 1]))}) == [3e-4]
     assert training_report.widened(grid, {"c": means["c"]}) == []
     assert training_report.widened(grid, {"d": dict(zip(grid, [0.5, 0.9, 0.7, 0.8, 0.6]))}) == []
     assert training_report.chosen(means["c"]) == 3e-4
