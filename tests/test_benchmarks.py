@@ -207,6 +207,10 @@ def test_train_quick_run(tmp_path):
         assert (tmp_path / f"train_{s.name}.png").stat().st_size > 10_000
     for r in data["results"]:
         assert len(r["final_acc"]) == 2 and all(0.0 <= a <= 1.0 for a in r["final_acc"] + r["val_acc"])
+    import run as bench_run  # benchmarks/run.py summarises the study from its train.json
+
+    summary = bench_run.training_section(str(tmp_path))
+    assert sum(line.startswith("| deep28-cnn | ") for line in summary) == len(_setting("deep28-cnn").variants())
     (tmp_path / "train.md").unlink()
     again = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train.py"), "--from-json",
                             str(tmp_path / "train.json")], capture_output=True, text=True, timeout=300)
