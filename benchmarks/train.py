@@ -89,7 +89,7 @@ def split_runs(setting: str, variant: str, runs, res, first_round: bool):
             grad_rms_init=pick(res["grad_rms_init"]), grad_rms_final=pick(res["grad_rms_final"]),
             # the time of one step of the whole job (all its runs side by side); only the first
             # round's jobs, which all hold the same number of runs, are compared
-            job_step_seconds=res["step_seconds"] if first_round else None, job_runs=len(runs),
+            job_step_seconds=res["step_seconds"] if first_round else None,
         ))
     return out
 

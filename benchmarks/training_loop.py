@@ -44,14 +44,11 @@ def input_grad_rms(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
     return [per_run_rms(g, model.groups) for g in grads]
 
 
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Tuple[List[float], List[float]]:
-    """Per-run test accuracy and test loss."""
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> List[float]:
+    """Per-run accuracy on (x, y)."""
     with torch.no_grad():
         x, y = shared_batch(x, y, model.groups)
-        logits = model(x)
-        acc = (logits.argmax(-1) == y).float().mean(0)
-        loss = run_losses(logits, y)
-    return acc.tolist(), loss.tolist()
+        return (model(x).argmax(-1) == y).float().mean(0).tolist()
 
 
 def batch_order(seed: int, n: int, batch: int, steps: int) -> torch.Tensor:
@@ -130,10 +127,10 @@ def train(setting: Setting, correction, power, init: str, runs: List[Tuple[float
             span = step - (out["steps"][-1] if out["steps"] else 0)
             out["steps"].append(step)
             out["train_loss"].append((running / span).tolist())
-            out["test_acc"].append(evaluate(model, xt, yt)[0])
+            out["test_acc"].append(evaluate(model, xt, yt))
             running.zero_()
     out["grad_rms_final"] = input_grad_rms(model, *probe)
-    out["val_acc"] = evaluate(model, xv, yv)[0]
+    out["val_acc"] = evaluate(model, xv, yv)
     out["final_acc"] = out["test_acc"][-1]
     out["step_seconds"] = step_seconds / setting.steps
     return out
@@ -142,10 +139,8 @@ def train(setting: Setting, correction, power, init: str, runs: List[Tuple[float
 def _job(args):
     setting, variant, runs, data, device, threads = args
     torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    res = train(setting, variant.correction, variant.power, variant.init, runs, data, device)
-    res["seconds"] = time.perf_counter() - t0
-    return setting.name, variant.name, runs, res
+    return setting.name, variant.name, runs, train(setting, variant.correction, variant.power, variant.init, runs,
+                                                   data, device)
 
 
 def run_jobs(jobs, device, workers):

@@ -205,17 +205,27 @@ def stacked(model: nn.Module, singles: List[nn.Module]) -> nn.Module:
     return model
 
 
-def grouped_model(setting: Setting, correction: Optional[str], power: float, init: str,
-                  seeds: List[int]) -> nn.Module:
-    """The runs of one variant side by side; run g starts from the weights torch draws after
-    torch.manual_seed(seeds[g]), the same for every variant (strideconv draws as torch.nn)."""
+def initial_networks(setting: Setting, init: str, seeds: List[int]) -> List[nn.Module]:
+    """One plain network per seed: the weights torch draws after torch.manual_seed(seed), the
+    same for every variant (strideconv draws as torch.nn)."""
     nets = []
     for seed in seeds:
         torch.manual_seed(seed)
         if setting.arch == "fixup":
-            nets.append(fixup_initialise(Fixup(setting, None, power), init))
+            nets.append(fixup_initialise(Fixup(setting, None, 0.5), init))
         else:
             nets.append(initialise(single_network(setting), init))
+    return nets
+
+
+def side_by_side(setting: Setting, correction: Optional[str], power: float, nets: List[nn.Module]) -> nn.Module:
+    """The single-run networks `nets` as the groups of one network with this correction's layers."""
     if setting.arch == "fixup":
-        return stacked(Fixup(setting, correction, power, len(seeds)), nets)
+        return stacked(Fixup(setting, correction, power, len(nets)), nets)
     return Side(setting, correction, power, nets)
+
+
+def grouped_model(setting: Setting, correction: Optional[str], power: float, init: str,
+                  seeds: List[int]) -> nn.Module:
+    """The runs of one variant side by side, run g from seeds[g]'s initial weights."""
+    return side_by_side(setting, correction, power, initial_networks(setting, init, seeds))
