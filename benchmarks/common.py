@@ -8,12 +8,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import datetime
+import math
 import os
 import platform
 import statistics
 import sys
 import time
-from typing import List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 
@@ -141,3 +142,68 @@ def fmt(v, digits=2):
 
 def mean_std(values: List[float]) -> Tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+# ----- seeds and paired statistics ------------------------------------------------------------
+
+def parse_seeds(text: str) -> List[int]:
+    """A seed list from the command line: "10" (seeds 0-9), "100-109" (inclusive) or "0,4,7"."""
+    text = str(text).strip()
+    try:
+        if "," in text:
+            seeds = [int(s) for s in text.split(",") if s.strip()]
+        elif "-" in text.lstrip("-"):
+            first, last = text.split("-", 1)
+            seeds = list(range(int(first), int(last) + 1))
+        else:
+            seeds = list(range(int(text)))
+    except ValueError:
+        raise ValueError(f"seeds: expected a count (10), a range (100-109) or a list (0,4,7), got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds: expected distinct seeds, got {text!r}")
+    return seeds
+
+
+def t_interval(diffs: Sequence[float], level: float = 0.95) -> float:
+    """Half-width of the t confidence interval of the mean of paired differences."""
+    from scipy.stats import t
+
+    n = len(diffs)
+    if n < 2:
+        return float("nan")
+    return t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(diffs) / math.sqrt(n)
+
+
+def paired(values: Dict[str, List[float]], reference: str, ratio: bool = False) -> Dict[str, dict]:
+    """Per variant: the median over seeds, the per-seed values, and against `reference` (the same
+    seeds, in the same order) the mean paired difference with its 95% t-interval and how many
+    seeds went up or down. With `ratio`, for positive measures whose spread grows with their size
+    (the pattern ratios), the differences are taken of the logarithms and reported as the
+    geometric-mean factor variant / reference with its interval."""
+    ref = values[reference]
+    out = {}
+    for name, vs in values.items():
+        row = dict(median=statistics.median(vs), per_seed=list(vs))
+        if name != reference:
+            if ratio:
+                diffs = [math.log(v / r) for v, r in zip(vs, ref)]
+                m, h = statistics.fmean(diffs), t_interval(diffs)
+                row.update(factor=math.exp(m), low=math.exp(m - h), high=math.exp(m + h))
+            else:
+                diffs = [v - r for v, r in zip(vs, ref)]
+                row.update(diff=statistics.fmean(diffs), half_width=t_interval(diffs))
+            row.update(up=sum(d > 0 for d in diffs), down=sum(d < 0 for d in diffs))
+        out[name] = row
+    return out
+
+
+def paired_cell(row: dict, digits: int = 2) -> str:
+    """ "median (paired difference [95% interval])", "median (x factor [95% interval])", or the
+    median alone for the reference."""
+    med = f"{row['median']:.{digits}f}"
+    if "factor" in row:
+        return f"{med} (x{row['factor']:.2f} [{row['low']:.2f}, {row['high']:.2f}])"
+    if "diff" not in row:
+        return med
+    d, h = row["diff"], row["half_width"]
+    return f"{med} ({d:+.{digits}f} [{d - h:+.{digits}f}, {d + h:+.{digits}f}])"

@@ -7,7 +7,7 @@ transposed convolutions against F.conv_transpose2d; a summary of the studies' la
 
 Writes report.md, results.json and PNG pictures into --out (default benchmarks/out). The
 measurements live in variance.py, speed.py and transposed.py; common.py has what they share.
-The studies (decoder.py, train.py, ...) are their own commands; their latest results in --out
+The studies (decoder.py, image_gradients.py, attribution.py, image_optimisation.py, gan.py, train.py) are their own commands; their latest results in --out
 are summarised at the end.
 """
 
@@ -22,7 +22,7 @@ import torch
 import speed
 import transposed
 import variance
-from common import describe
+from common import describe, paired_cell
 
 
 def _study(out_dir: str, name: str, title: str, missing: str):
@@ -65,15 +65,55 @@ def decoder_section(out_dir: str) -> list:
 def image_gradients_section(out_dir: str) -> list:
     """Summary of benchmarks/image_gradients.py when its JSON is in --out."""
     lines, data = _study(out_dir, "image_gradients", "Image-space gradients study", "measures the stride pattern "
-                         "of input gradients, feature visualisations and PGD perturbations of a strided CNN trained "
-                         "on 28x28 digits, plain and corrected.")
+                         "of input gradients and PGD perturbations of a strided CNN trained on 28x28 digits, plain "
+                         "and corrected.")
     if data is None:
         return lines
-    lines += [f"From [image_gradients.md](image_gradients.md) (`{data['meta']['command']}`): stride-2 phase energy "
-              "ratio (1 = no pattern) of what the gradient makes, and PGD's success rate.", "",
-              "| variant | input gradient | feature visualisation | PGD perturbation | PGD success % |", "|---|---|---|---|---|"]
-    return lines + [f"| {r['variant']} | {r['gradients_phase2'][0]:.2f} | {r['visualisation_phase2'][0]:.2f} | "
-                    f"{r['perturbation_phase2'][0]:.2f} | {r['attack_success'][0]:.1f} |" for r in data["rows"]]
+    st = data["stats"]
+    lines += [f"From [image_gradients.md](image_gradients.md) (`{data['meta']['command']}`, {len(data['seeds'])} "
+              "seeds): median stride-2 phase energy ratio (1 = no pattern) of the input gradient and the L2 PGD "
+              "perturbation, and L2 PGD's success rate (paired difference to plain [95% interval]).", "",
+              "| variant | input gradient | L2 PGD perturbation | L2 PGD success % |", "|---|---|---|---|"]
+    return lines + [f"| {v} | {paired_cell(st['gradient']['phase2'][v])} | {paired_cell(st['PGD L2']['phase2'][v])} | "
+                    f"{paired_cell(st['PGD L2']['success'][v], 1)} |" for v in data["variants"]]
+
+
+def attribution_section(out_dir: str) -> list:
+    """Summary of benchmarks/attribution.py when its JSON is in --out."""
+    lines, data = _study(out_dir, "attribution", "Attribution faithfulness study", "scores saliency maps of plain "
+                         "and corrected gradients by deletion, insertion and a pointing game.")
+    if data is None:
+        return lines
+    st, floors, variants = data["stats"], data["floors"], data["variants"]
+    lines += [f"From [attribution.md](attribution.md) (`{data['meta']['command']}`, {len(data['seeds'])} seeds), "
+              "saliency (|gradient|) and integrated gradients: median AUCs, paired difference to plain [95% "
+              f"interval]. Random ranking: deletion {floors['deletion|blurred|random']:.3f}, insertion "
+              f"{floors['insertion|blurred|random']:.3f} (blurred baseline), pointing {floors['pointing|random']:.3f}.",
+              "", "| measure | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
+    for key, label in (("deletion|blurred|saliency", "saliency deletion (lower better)"),
+                       ("insertion|blurred|saliency", "saliency insertion (higher better)"),
+                       ("pointing|saliency", "saliency pointing game (higher better)"),
+                       ("deletion|blurred|integrated gradients", "IG deletion"),
+                       ("pointing|integrated gradients", "IG pointing game")):
+        lines.append(f"| {label} | " + " | ".join(paired_cell(st[key][v], 3) for v in variants) + " |")
+    return lines
+
+
+def image_optimisation_section(out_dir: str) -> list:
+    """Summary of benchmarks/image_optimisation.py when its JSON is in --out."""
+    lines, data = _study(out_dir, "image_optimisation", "Image optimisation study", "optimises images through a "
+                         "strided CNN with plain and corrected gradients and the standard remedies, at matched cost.")
+    if data is None:
+        return lines
+    st = data["stats"]["feature visualisation"]
+    last = f"objective@{data['sizes']['steps']}"
+    lines += [f"From [image_optimisation.md](image_optimisation.md) (`{data['meta']['command']}`, "
+              f"{len(data['seeds'])} seeds), feature visualisation: the logit reached after {data['sizes']['steps']} "
+              "steps, the independent judge's confidence and the spectrum distance from real digits (median, paired "
+              "difference to plain [95% interval]).", "",
+              "| method | logit reached | judge confidence | spectrum distance |", "|---|---|---|---|"]
+    return lines + [f"| {m} | {paired_cell(st[last][m])} | {paired_cell(st['scorer'][m])} | "
+                    f"{paired_cell(st['spectrum_distance'][m])} |" for m in data["methods"]]
 
 
 def gan_section(out_dir: str) -> list:
@@ -124,7 +164,8 @@ def main(argv=None):
         pics = pics + t_pics
     else:
         t_rows, t_meta, t_ratios = [], None, []
-    studies = decoder_section(args.out) + image_gradients_section(args.out) + gan_section(args.out)
+    studies = (decoder_section(args.out) + image_gradients_section(args.out) + attribution_section(args.out)
+               + image_optimisation_section(args.out) + gan_section(args.out))
     text = "\n".join(lines + studies + training_section(args.out)) + "\n"
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write(text)

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from common import mean_std
+from common import mean_std, t_interval
 
 
 # ----- the learning-rate choice -----------------------------------------------------------------
@@ -54,14 +54,6 @@ def widened(grid: List[float], means_by_variant: Dict[str, Dict[float, float]]) 
 def trains_nowhere(means: Dict[float, float]) -> bool:
     """The same validation accuracy (within 0.5 points) at every learning rate: chance everywhere."""
     return max(means.values()) - min(means.values()) < 0.005
-
-
-def t_interval(diffs: List[float], level: float = 0.95) -> float:
-    """Half-width of the t confidence interval of the mean of paired differences."""
-    from scipy.stats import t
-
-    n = len(diffs)
-    return t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(diffs) / math.sqrt(n)
 
 
 def reference(variant: dict, variants: List[dict]) -> Optional[str]:
