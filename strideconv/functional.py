@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from . import _C
 from ._arguments import check_correction, check_power, int_arg, int_tuple, same_padding
 from ._pooling import ScaleGrad, factor_map
-from .factors import transposed_factors
+from .factors import axis_alpha, axis_counts, transposed_factors
 
 __all__ = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "avg_pool2d"]
 
@@ -24,7 +24,7 @@ _PLAIN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _PLAIN_TRANSPOSED = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
-def _string_padding(input, weight, padding: str, stride, dilation, nd: int):
+def _string_padding(input, weight, padding: str, stride, dilation, nd: int, correction: str, power: float):
     """(input, padding) for ``padding='valid'`` or ``'same'``, resolved as ATen does."""
     if padding == "valid":
         return input, (0,) * nd
@@ -33,13 +33,28 @@ def _string_padding(input, weight, padding: str, stride, dilation, nd: int):
     pads = same_padding(weight.shape[2:], stride, dilation)
     extra = [after - before for before, after in pads]
     if any(extra):
-        # Asymmetric: pad the far side by the odd one, as ATen does; the count
-        # map is then that of the padded tensor.
+        # Asymmetric: pad the far side by the odd one, as ATen does. The counts of the input's
+        # positions are those of the padded tensor; "map"'s alpha is a mean over the input's
+        # positions, which the padded tensor's has one more of: its gradient is rescaled here.
+        if correction == "map" and input.requires_grad and torch.is_grad_enabled():
+            ratio = _same_alpha_ratio(tuple(input.shape[-nd:]), tuple(weight.shape[2:]), tuple(pads),
+                                      tuple(dilation), power)
+            input = ScaleGrad.apply(input, torch.tensor(ratio, dtype=input.dtype, device=input.device))
         pad_arg = []
         for e in reversed(extra):
             pad_arg += [0, e]
         input = F.pad(input, pad_arg)
     return input, tuple(before for before, _ in pads)
+
+
+def _same_alpha_ratio(size, kernel, pads, dilation, power) -> float:
+    """alpha over the input's positions / alpha over the padded tensor's (stride 1)."""
+    ratio = 1.0
+    for length, k, (before, after), q in zip(size, kernel, pads, dilation):
+        padded = length + after - before
+        counts = axis_counts(padded, k, 1, before, q)
+        ratio *= axis_alpha(counts[:length], k, power) / axis_alpha(counts, k, power)
+    return ratio
 
 
 def _conv_nd(input, weight, bias, stride, padding, dilation, groups, correction, power, nd):
@@ -52,7 +67,7 @@ def _conv_nd(input, weight, bias, stride, padding, dilation, groups, correction,
     stride, dilation = int_tuple(stride, nd, "stride"), int_tuple(dilation, nd, "dilation")
     groups = int_arg(groups, "groups")
     if isinstance(padding, str):
-        input, padding = _string_padding(input, weight, padding, stride, dilation, nd)
+        input, padding = _string_padding(input, weight, padding, stride, dilation, nd, correction, power)
     else:
         padding = int_tuple(padding, nd, "padding")
     # torch.ops while torch.compile or torch.export traces (dynamo sees the op), while

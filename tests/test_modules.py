@@ -90,6 +90,40 @@ def test_same_padding_uses_padded_count_map():
     torch.testing.assert_close(gx[0, 0], 16**0.5 * C**0.5, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("nd, size, kernel, dilation, power", [
+    (1, (3,), (2,), (1,), 1.0),            # the smallest case: alpha 2/sqrt(3), not over 4 positions
+    (2, (7, 6), (4, 3), (1, 2), 0.5),      # odd total padding along one axis only
+    (2, (5, 9), (2, 4), (3, 1), 0.7),
+    (3, (4, 5, 3), (2, 3, 4), (1, 1, 1), 0.5),
+])
+def test_map_with_same_padding_averages_alpha_over_the_input(nd, size, kernel, dilation, power):
+    """alpha = K^g / sqrt(mean C^(2g)) over the input's positions, with C the input gradient of an
+    all-ones convolution under torch's own padding='same' (whose far side may get one more)."""
+    torch.manual_seed(0)
+    x = torch.randn((2, 3) + size, dtype=torch.float64, requires_grad=True)
+    w = torch.randn((4, 3) + kernel, dtype=torch.float64)
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
+    ones = torch.ones((1, 1) + size, dtype=torch.float64, requires_grad=True)
+    out = conv(ones, torch.ones((1, 1) + kernel, dtype=torch.float64), padding="same", dilation=dilation)
+    (counts,) = torch.autograd.grad(out, ones, torch.ones_like(out))
+    K = float(torch.tensor(kernel).prod())
+    alpha = K**power / (counts ** (2 * power)).mean().sqrt()
+    y = conv(x, w, padding="same", dilation=dilation)
+    g = torch.randn_like(y)
+    (true,) = torch.autograd.grad(y, x, g)
+    ours = getattr(strideconv.functional, f"conv{nd}d")(x, w, padding="same", dilation=dilation, correction="map",
+                                                        power=power)
+    assert torch.equal(ours, y)
+    (gx,) = torch.autograd.grad(ours, x, g)
+    torch.testing.assert_close(gx, true * alpha, rtol=1e-12, atol=1e-12)
+    module = getattr(strideconv, f"Conv{nd}d")(3, 4, kernel, padding="same", dilation=dilation, bias=False,
+                                              correction="map", power=power).double()
+    with torch.no_grad():
+        module.weight.copy_(w)
+    (gm,) = torch.autograd.grad(module(x), x, g)
+    torch.testing.assert_close(gm, true * alpha, rtol=1e-12, atol=1e-12)
+
+
 def test_state_dict_round_trip_both_ways():
     plain, ours = pair_of_modules(CONFIGS[0])
     assert plain.state_dict().keys() == ours.state_dict().keys()
