@@ -1,5 +1,7 @@
 """Test helpers shared by the test files (the references are in reference.py)."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -43,3 +45,18 @@ def operands(cin, cout, kernel, size, groups=1, device="cpu", dtype=torch.float6
     w = torch.randn((cout, cin // groups) + kernel, generator=gen, dtype=dtype).to(device)
     b = torch.randn(cout, generator=gen, dtype=dtype).to(device) if bias else None
     return x, w, b
+
+
+@contextlib.contextmanager
+def deterministic_algorithms():
+    """torch.use_deterministic_algorithms(True) for a block, then the previous setting. On a GPU,
+    cuDNN may otherwise pick a non-deterministic algorithm for torch's own convolution (two calls
+    of the same nn.ConvTranspose3d differed by 3e-8 on an H200), so a bit-for-bit comparison with
+    torch is only meaningful in this mode."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
