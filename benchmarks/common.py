@@ -11,6 +11,7 @@ import datetime
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -94,6 +95,38 @@ def interleaved_medians(train, fwd, timer, rounds, reps):
             times[("train", n)].append(timer(train[n], reps))
             times[("fwd", n)].append(timer(fwd[n], reps))
     return {key: statistics.median(v) for key, v in times.items()}
+
+
+class ThreadCPUClock:
+    """CPU seconds of the calling thread per call: host cost, blind to other processes' load
+    (which a wall clock on a shared machine is not)."""
+
+    def __call__(self, fn, reps):
+        t0 = time.thread_time()
+        for _ in range(reps):
+            fn()
+        return (time.thread_time() - t0) / reps
+
+
+def paired_rounds(calls: Dict[str, object], reference: str, clock, rounds: int, reps: int, seed: int = 0) -> dict:
+    """Per variant, the seconds per call of every round and, against `reference`, the median and
+    quartiles of the per-round differences. Every round times each variant once, in a freshly
+    shuffled order, so drifts of the machine and position in the round hit all variants alike."""
+    for fn in calls.values():
+        fn()
+    order, rng = list(calls), random.Random(seed)
+    times = {n: [] for n in calls}
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for n in order:
+            times[n].append(clock(calls[n], reps))
+    out = {}
+    for n, ts in times.items():
+        diffs = sorted(t - r for t, r in zip(ts, times[reference]))
+        q = statistics.quantiles(diffs, n=4) if len(diffs) > 1 else [diffs[0]] * 3
+        out[n] = dict(median=statistics.median(ts), extra=statistics.median(diffs), extra_q1=q[0], extra_q3=q[2],
+                      ratio=statistics.median(ts) / statistics.median(times[reference]))
+    return out
 
 
 def peak_memory(train, device, reference):

@@ -3,6 +3,7 @@ strided layers of common networks; and the fixed cost per call."""
 
 from __future__ import annotations
 
+import statistics
 import sys
 from contextlib import nullcontext
 from typing import List
@@ -13,7 +14,8 @@ import torch.nn.functional as F
 import strideconv
 from strideconv.functional import conv2d
 
-from common import CORRECTIONS, Timer, fmt, interleaved_medians, keep_freed_memory, peak_memory, tqdm
+from common import (CORRECTIONS, ThreadCPUClock, Timer, fmt, interleaved_medians, keep_freed_memory, paired_rounds,
+                    peak_memory, tqdm)
 
 # name, in, out, kernel, stride, padding, input size, input needs grad
 SHAPES = [
@@ -105,7 +107,13 @@ def speed_suite(device, quick):
                     fwd_ratio=med[("fwd", n)] / med[("fwd", "F.conv2d")],
                     peak_mem_ratio=memory.get(n),
                 ))
-    return rows, dict(batch=batch, rounds=rounds, reps=reps, malloc_kept=kept)
+    # control: "none"'s forward runs the same kernels as F.conv2d's, so on these shapes (where
+    # the host cost is small beside the arithmetic) its median ratio must read 1.00
+    control = statistics.median(r["fwd_ratio"] for r in rows if r["variant"] == "none")
+    if abs(control - 1) > 0.03:
+        print(f"WARNING: the speed control (correction='none' forward against F.conv2d's) reads {control:.3f} instead "
+              "of 1.00: the machine was busy; rerun on an idle machine", file=sys.stderr)
+    return rows, dict(batch=batch, rounds=rounds, reps=reps, malloc_kept=kept, control=control)
 
 
 # name, channels, kernel, stride, padding, input size
@@ -140,22 +148,63 @@ def pool_table(device, quick):
 
 
 def overhead_table(device, quick):
-    """Per-call cost where the arithmetic is negligible (a 1x1x5x5 input, 3x3 kernel, stride 2):
-    what the Python wrapper, the operator call, the autograd node and the extra kernels cost,
-    in microseconds, next to F.conv2d. On a GPU, this is what small, launch-bound layers pay."""
-    rounds, reps = (3, 20) if quick else (15, 200)
+    """Per-call cost where the arithmetic is negligible (a 1x1x5x5 input, 3x3 kernel, stride 2,
+    padding 1): what the Python wrapper, the operator call, the autograd node and the extra kernels
+    cost, next to F.conv2d (functional) and nn.Conv2d (modules). On a GPU this is what small,
+    launch-bound layers pay.
+
+    Measured on one thread, in the calling thread's CPU time on CPU (CUDA events on a GPU), in
+    shuffled interleaved rounds; each variant's extra is the median of its per-round differences
+    to the reference. A control must read 1.00: F.conv2d timed twice under two names; when it
+    does not, the machine was too busy."""
+    rounds, reps = (5, 20) if quick else (41, 200)
+    cuda = device.startswith("cuda")
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 1, 5, 5, generator=gen).to(device).requires_grad_()
     w = torch.randn(1, 1, 3, 3, generator=gen).to(device).requires_grad_()
     b = torch.zeros(1, device=device, requires_grad=True)
     factor_map = strideconv.correction_factors((5, 5), 3, 2, 1).position.to(device, torch.float32)
     train, fwd = make_variants(x, w, b, 2, 1, True, factor_map)
-    rounds_bar = tqdm(range(rounds), desc="per-call overhead", file=sys.stdout)
-    med = {key: t * 1e6 for key, t in interleaved_medians(train, fwd, Timer(device), rounds_bar, reps).items()}
-    return [dict(variant=n, fwd_us=med[("fwd", n)], train_us=med[("train", n)],
-                 fwd_extra_us=med[("fwd", n)] - med[("fwd", "F.conv2d")],
-                 train_extra_us=med[("train", n)] - med[("train", "F.conv2d")]) for n in train], \
-        dict(rounds=rounds, reps=reps)
+    train["F.conv2d (control)"] = (lambda f: lambda: f())(train["F.conv2d"])
+    fwd["F.conv2d (control)"] = (lambda f: lambda: f())(fwd["F.conv2d"])
+    modules = {"nn.Conv2d": torch.nn.Conv2d(1, 1, 3, 2, 1)}
+    modules.update({f"strideconv.Conv2d {c}": strideconv.Conv2d(1, 1, 3, 2, 1, correction=c) for c in CORRECTIONS})
+    grad_out = torch.ones(1, 1, 3, 3, device=device)
+    for name, m in modules.items():
+        m.to(device).load_state_dict(modules["nn.Conv2d"].state_dict())
+        params = (x, m.weight, m.bias)
+        train[name] = (lambda m, params: lambda: torch.autograd.grad(m(x), params, grad_out))(m, params)
+        fwd[name] = (lambda m: lambda: m(x).detach())(m)
+    clock = Timer(device) if cuda else ThreadCPUClock()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        measured = {kind: paired_rounds(calls, "F.conv2d", clock, rounds, reps)
+                    for kind, calls in (("train", train), ("fwd", fwd))}
+        for kind, calls in (("train", train), ("fwd", fwd)):  # the modules against nn.Conv2d
+            mods = {n: calls[n] for n in modules}
+            for n, r in paired_rounds(mods, "nn.Conv2d", clock, rounds, reps, seed=1).items():
+                measured[kind][n].update(module_extra=r["extra"], module_q1=r["extra_q1"], module_q3=r["extra_q3"])
+    finally:
+        torch.set_num_threads(threads)
+    rows = []
+    for n in train:
+        t, f = measured["train"][n], measured["fwd"][n]
+        row = dict(variant=n, fwd_us=f["median"] * 1e6, train_us=t["median"] * 1e6,
+                   fwd_extra_us=f["extra"] * 1e6, train_extra_us=t["extra"] * 1e6,
+                   train_extra_q1_us=t["extra_q1"] * 1e6, train_extra_q3_us=t["extra_q3"] * 1e6,
+                   fwd_ratio=f["ratio"], train_ratio=t["ratio"])
+        if "module_extra" in t:
+            row.update(train_module_extra_us=t["module_extra"] * 1e6, train_module_q1_us=t["module_q1"] * 1e6,
+                       train_module_q3_us=t["module_q3"] * 1e6)
+        rows.append(row)
+    control = measured["train"]["F.conv2d (control)"]["ratio"], measured["fwd"]["F.conv2d (control)"]["ratio"]
+    busy = any(abs(c - 1) > 0.03 for c in control)
+    if busy:
+        print(f"WARNING: the per-call overhead controls read {control[0]:.3f} (fwd+bwd) and {control[1]:.3f} (fwd) "
+              "instead of 1.00: the machine was busy; rerun on an idle machine", file=sys.stderr)
+    return rows, dict(rounds=rounds, reps=reps, clock="CUDA events" if cuda else "thread CPU time", threads=1,
+                      control=control, busy=busy)
 
 
 def report_section(rows, meta, overhead_rows=(), overhead_meta=None, pool_rows=()) -> List[str]:
@@ -169,6 +218,9 @@ def report_section(rows, meta, overhead_rows=(), overhead_meta=None, pool_rows=(
         "layer). `hook` = F.conv2d plus a tensor hook multiplying the input gradient by the "
         "precomputed position factor map. Peak memory: CUDA allocator peak during fwd+bwd, relative "
         "to F.conv2d (not measured on CPU)."
+        + (f" Control: the median forward ratio of `none` (the same kernels as F.conv2d) is {meta['control']:.3f}"
+           + (" -- **off 1.00: the machine was busy**." if abs(meta["control"] - 1) > 0.03 else ".")
+           if meta.get("control") is not None else "")
         + (" On CPU, glibc was asked (mallopt) to keep freed buffers, so that no round pays for "
            "fresh page faults that others do not." if meta.get("malloc_kept") else ""), "",
         "| shape | dtype | layout | input grad | variant | fwd+bwd ms | fwd+bwd ratio | fwd ratio | peak mem ratio |",
@@ -190,16 +242,24 @@ def report_section(rows, meta, overhead_rows=(), overhead_meta=None, pool_rows=(
         lines += [f"| {r['shape']} | {r['batch']} | {r['variant']} | {r['train_s'] * 1e3:.3f} | {r['train_ratio']:.3f} |"
                   for r in pool_rows]
     if overhead_rows:
+        m = overhead_meta
         lines += [
             "", "## Per-call overhead", "",
             "A 1x1x5x5 input, 3x3 kernel, stride 2, padding 1: the arithmetic is negligible, so this is "
             "the fixed cost of each call (Python wrapper, operator dispatch, autograd node, extra kernel "
-            f"launches). Microseconds per call, medians of {overhead_meta['rounds']} interleaved rounds "
-            f"of {overhead_meta['reps']} calls; fwd is under no_grad, fwd+bwd computes all three gradients.", "",
-            "| variant | fwd us | fwd+bwd us | fwd extra us | fwd+bwd extra us |",
-            "|---|---|---|---|---|",
+            f"launches). One thread, {m['clock']}; {m['rounds']} rounds of {m['reps']} calls, every variant once per "
+            "round in a shuffled order. Extra: the median of the per-round differences to `F.conv2d` (modules: "
+            "also to `nn.Conv2d`), with the quartiles. fwd runs under no_grad; fwd+bwd computes all three "
+            f"gradients. Controls (must read 1.00): `F.conv2d` against itself, fwd+bwd {m['control'][0]:.3f}, fwd "
+            f"{m['control'][1]:.3f}" + (" -- **the machine was busy: these numbers are not reliable**." if m["busy"]
+                                        else "."), "",
+            "| variant | fwd us | fwd+bwd us | fwd extra us | fwd+bwd extra us [quartiles] | over nn.Conv2d us [quartiles] |",
+            "|---|---|---|---|---|---|",
         ]
         for r in overhead_rows:
-            lines.append(f"| {r['variant']} | {r['fwd_us']:.1f} | {r['train_us']:.1f} | "
-                         f"{r['fwd_extra_us']:+.1f} | {r['train_extra_us']:+.1f} |")
+            module = (f"{r['train_module_extra_us']:+.2f} [{r['train_module_q1_us']:+.2f}, {r['train_module_q3_us']:+.2f}]"
+                      if "train_module_extra_us" in r else "")
+            lines.append(f"| {r['variant']} | {r['fwd_us']:.1f} | {r['train_us']:.1f} | {r['fwd_extra_us']:+.2f} | "
+                         f"{r['train_extra_us']:+.2f} [{r['train_extra_q1_us']:+.2f}, {r['train_extra_q3_us']:+.2f}] | "
+                         f"{module} |")
     return lines

@@ -1,6 +1,12 @@
 // Autograd of the operators, in C++ (registered for the Autograd dispatch key),
 // so that a strideconv convolution costs what an ATen convolution costs: no
-// Python runs between the forward and the backward kernels.
+// Python runs between the forward and the backward kernels, and each node is
+// written the way ATen's generated ones are (ConvolutionBackward0 and its
+// siblings): a plain Node with typed members and SavedVariables, a fixed name(),
+// release_variables(), wired with collect_next_edges and set_history. (A
+// torch::autograd::Function costs about 4 us more per call: a string-keyed context,
+// type erasure of the saved values, and the demangling of its type name at every
+// backward.)
 //
 // The backward of `conv` is one call of ATen's convolution backward with the
 // weight scaled by `scale_weight` (the weight is tiny, and the weight and bias
@@ -15,10 +21,19 @@
 // plain weight, or one convolution backward with the scaled weight and the same
 // scaling again on the weight gradient (the chain rule through a diagonal map).
 
-#include <torch/autograd.h>
+#include <ATen/FuncTorchTLS.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
+#include <functional>
+#include <memory>
+#include <mutex>
 #include <optional>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "ops.h"
@@ -28,69 +43,55 @@
 namespace strideconv {
 namespace {
 
-using torch::autograd::AutogradContext;
+using torch::autograd::Node;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
-// ----- saved arguments ------------------------------------------------------------------------
+// A node as the torch being built against holds it (std::shared_ptr up to 2.12,
+// c10::intrusive_ptr since).
+using NodePtr = decltype(torch::autograd::Edge::function);
 
-// The checked options of a conv call, kept in the context as two entries (see
-// encode_options) and read back as a typed ConvOptions; and whether the call had a
-// bias (without one, the node has no bias edge to ask needs_input_grad about).
-void save_options(AutogradContext* ctx, const ConvOptions& o, bool has_bias) {
-  ctx->saved_data["options"] = encode_options(o);
-  ctx->saved_data["power"] = o.power;
-  ctx->saved_data["has_bias"] = has_bias;
-}
-
-ConvOptions load_options(AutogradContext* ctx) {
-  return decode_options(ctx->saved_data["options"].toIntVector(), ctx->saved_data["power"].toDouble());
-}
-
-// What the forward of conv or conv_transpose saves, and what its backward reads back: the
-// input and weight, the checked options, and which gradients are wanted.
-void save_call(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
-               const ConvOptions& o, const std::optional<at::Tensor>& bias) {
-  ctx->save_for_backward({input, weight});
-  save_options(ctx, o, bias.has_value() && bias->defined());
-}
-
-struct SavedCall {
-  at::Tensor input, weight;
-  ConvOptions o;
-  bool need_input, need_weight, need_bias;
-
-  explicit SavedCall(AutogradContext* ctx) : o(load_options(ctx)) {
-    const auto saved = ctx->get_saved_variables();
-    input = saved[0];
-    weight = saved[1];
-    need_input = ctx->needs_input_grad(0);
-    need_weight = ctx->needs_input_grad(1);
-    need_bias = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2);
+template <class T>
+auto make_node() {
+  if constexpr (std::is_same_v<NodePtr, std::shared_ptr<Node>>) {
+    // torch::autograd::deleteNode (found by argument-dependent lookup: 2.13 has none)
+    // frees long chains of nodes without deep recursion.
+    return std::shared_ptr<T>(new T(), [](T* node) { deleteNode(node); });
+  } else {
+    return c10::make_intrusive<T>();
   }
-};
+}
 
-// The int[] arguments and power of a scale_weight or scale_border call, whose
-// forward (the registered op) checked them.
-struct SavedScaling {
-  std::vector<int64_t> stride, padding, dilation, output_padding;
-  double power;
+// ----- when a call records a node -------------------------------------------------------------
 
-  static void save(AutogradContext* ctx, at::IntArrayRef stride, at::IntArrayRef padding,
-                   at::IntArrayRef dilation, double power, at::IntArrayRef output_padding) {
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["padding"] = padding;
-    ctx->saved_data["dilation"] = dilation;
-    ctx->saved_data["power"] = power;
-    ctx->saved_data["output_padding"] = output_padding;
-  }
+// No jvp is defined for the corrected ops, and torch.func cannot see through a C++
+// node: refuse both loudly rather than return a plain (uncorrected) derivative.
+void refuse_transforms(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& c = std::nullopt) {
+  const auto tangent = [](const at::Tensor& t) { return t.defined() && t._fw_grad(/*level=*/0).defined(); };
+  TORCH_CHECK(!tangent(a) && !tangent(b) && !(c.has_value() && tangent(*c)),
+              "strideconv: jvp is not implemented for the corrected operators (forward-mode AD); "
+              "use reverse mode, or the torch.nn.functional op for forward-mode derivatives");
+  const auto& functorch_tls = at::functorch::functorchTLSAccessor();
+  if (functorch_tls) functorch_tls->checkSupportsCppAutogradFunction();
+}
 
-  explicit SavedScaling(AutogradContext* ctx)
-      : stride(ctx->saved_data["stride"].toIntVector()),
-        padding(ctx->saved_data["padding"].toIntVector()),
-        dilation(ctx->saved_data["dilation"].toIntVector()),
-        output_padding(ctx->saved_data["output_padding"].toIntVector()),
-        power(ctx->saved_data["power"].toDouble()) {}
-};
+// Whether a call must record a node: as ATen's own ops decide, so that inference
+// (no_grad, or nothing requiring grad) pays for no node and nothing saved.
+bool records_graph(const at::Tensor& a, const at::Tensor& b = at::Tensor(),
+                   const std::optional<at::Tensor>& c = std::nullopt) {
+  if (!at::GradMode::is_enabled()) return false;
+  const auto tracked = [](const at::Tensor& t) { return t.defined() && t.requires_grad(); };
+  return tracked(a) || tracked(b) || (c.has_value() && tracked(*c));
+}
+
+// A tensor with storage that no tracing sees (not fake, functional or meta, no dispatch
+// mode active): the backward may then use cached factor tensors directly. Otherwise it
+// goes through the registered ops, which tracing records.
+bool concrete(const at::Tensor& t) {
+  static const c10::DispatchKeySet traced({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot,
+                                           c10::DispatchKey::Functionalize});
+  return !t.key_set().has_any(traced) && !t.is_meta() && !c10::impl::TorchDispatchModeTLS::any_modes_set();
+}
 
 // The bias gradient's sizes (one entry per output channel) for
 // convolution_backward, or none when it is not wanted.
@@ -103,99 +104,107 @@ struct BiasSizes {
   BiasSizes(const BiasSizes&) = delete;
 };
 
-// ----- autograd functions ---------------------------------------------------------------------
+// What the node of a conv or conv_transpose call keeps: the input and weight, the
+// options the forward checked, and whether there was a bias.
+struct ConvNode : Node {
+  SavedVariable input_, weight_;
+  ConvOptions o;
+  bool has_bias = false;
 
-class ConvFunction : public torch::autograd::Function<ConvFunction> {
- public:
-  static at::Tensor forward(
-      AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
-      const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
-      at::IntArrayRef dilation, int64_t groups, c10::string_view correction, double power) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    // The op checks every argument (ATen's checks, then ours) before it returns.
-    at::Tensor output =
-        call_conv(input, weight, bias, stride, padding, dilation, groups, correction, power);
-    save_call(ctx, input, weight,
-              conv_options(weight.dim() - 2, stride, padding, dilation, groups,
-                           parse_correction(correction), power),
-              bias);
-    return output;
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    input_.reset_data();
+    weight_.reset_data();
   }
+};
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const SavedCall call(ctx);
-    const at::Tensor& input = call.input;
-    const at::Tensor& weight = call.weight;
-    const ConvOptions& o = call.o;
-    const bool need_input = call.need_input, need_weight = call.need_weight, need_bias = call.need_bias;
+// ----- conv ------------------------------------------------------------------------------------
+
+// The backward of conv: one ATen convolution backward with the weight scaled by
+// scale_weight (grad_weight and grad_bias do not depend on it, so they come out
+// true), then, for "position", scale_border_ on the border band of grad_input.
+struct ConvBackward final : ConvNode {
+  std::string name() const override { return "strideconv::ConvBackward"; }
+
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    variable_list out(3);
+    const at::Tensor& grad = grads[0];
+    if (!grad.defined()) return out;
+    const bool need_input = task_should_compute_output(0), need_weight = task_should_compute_output(1),
+               need_bias = has_bias && task_should_compute_output(2);
+    const at::Tensor input = input_.unpack(), weight = weight_.unpack();
     const bool corrected = need_input && o.correction != Correction::None;
     const auto kernel_size = weight.sizes().slice(2);
-    // Without create_graph nothing here needs a graph: call the kernels below
-    // the Autograd key (no autograd node, no fallback bookkeeping per call).
+    // Without create_graph nothing here needs a graph: call the kernels below the
+    // Autograd key (no node, no fallback bookkeeping per call).
     const bool differentiable = at::GradMode::is_enabled();
+    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+    if (!differentiable) below_autograd.emplace();
 
     at::Tensor w = weight;
     if (corrected &&
-        (o.correction == Correction::Map ||
-         !taps_trivial(kernel_size, o.stride_list(), o.dilation_list()))) {
-      std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
-      if (!differentiable) below_autograd.emplace();
-      w = call_scale_weight(weight, input.sym_sizes().slice(2), o.stride_list(), o.padding_list(),
-                            o.dilation_list(), correction_name(o.correction), o.power);
+        (o.correction == Correction::Map || !taps_trivial(kernel_size, o.stride_list(), o.dilation_list()))) {
+      if (!differentiable && concrete(weight)) {
+        // The cached factors (the forward checked the options): one multiply, in float32
+        // or float64, rounded once to the weight's dtype.
+        const at::Tensor f = weight_factors(
+            make_geometry(input.sizes().slice(2), kernel_size, o.stride_list(), o.padding_list(), o.dilation_list()),
+            o.correction, o.power, weight.scalar_type(), weight.device());
+        w = at::empty_like(weight);
+        at::mul_out(w, weight, f);
+      } else {  // through the op: differentiable (create_graph) and traceable (torch.compile)
+        w = call_scale_weight(weight, input.sym_sizes().slice(2), o.stride_list(), o.padding_list(),
+                              o.dilation_list(), correction_name(o.correction), o.power);
+      }
     }
     const BiasSizes bias(weight.sym_size(0), need_bias);
     const std::vector<c10::SymInt> output_padding(o.ndim, 0);
     auto [grad_input, grad_weight, grad_bias] = at::convolution_backward_symint(
-        grads[0], input, w, bias.sizes, c10::fromIntArrayRefSlow(o.stride_list()),
+        grad, input, w, bias.sizes, c10::fromIntArrayRefSlow(o.stride_list()),
         c10::fromIntArrayRefSlow(o.padding_list()), c10::fromIntArrayRefSlow(o.dilation_list()),
-        /*transposed=*/false, output_padding, c10::SymInt(o.groups),
-        {need_input, need_weight, need_bias});
+        /*transposed=*/false, output_padding, c10::SymInt(o.groups), {need_input, need_weight, need_bias});
 
     if (corrected && o.correction == Correction::Position) {
       if (differentiable) {  // create_graph=True: keep it differentiable
         grad_input = call_scale_border(grad_input, kernel_size, o.stride_list(), o.padding_list(),
                                        o.dilation_list(), o.power);
       } else {  // grad_input is a fresh tensor: scale its border band in place
-        at::AutoDispatchBelowADInplaceOrView below_autograd;
-        call_scale_border_(grad_input, kernel_size, o.stride_list(), o.padding_list(),
-                           o.dilation_list(), o.power);
+        call_scale_border_(grad_input, kernel_size, o.stride_list(), o.padding_list(), o.dilation_list(),
+                           o.power);
       }
     }
-    return {grad_input, grad_weight, grad_bias, at::Tensor(), at::Tensor(),
-            at::Tensor(),  at::Tensor(),  at::Tensor(), at::Tensor()};
+    out[0] = std::move(grad_input);
+    out[1] = std::move(grad_weight);
+    out[2] = std::move(grad_bias);
+    return out;
   }
 };
 
-class ConvTransposeFunction : public torch::autograd::Function<ConvTransposeFunction> {
- public:
-  static at::Tensor forward(
-      AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
-      const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
-      at::IntArrayRef output_padding, at::IntArrayRef dilation, int64_t groups,
-      c10::string_view correction, double power) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    at::Tensor output = call_conv_transpose(input, weight, bias, stride, padding, output_padding,
-                                            dilation, groups, correction, power);
-    save_call(ctx, input, weight,
-              conv_options(weight.dim() - 2, stride, padding, dilation, groups,
-                           parse_correction(correction), power, output_padding),
-              bias);
-    return output;
-  }
+// ----- conv_transpose --------------------------------------------------------------------------
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const SavedCall call(ctx);
-    const at::Tensor& input = call.input;
-    const at::Tensor& weight = call.weight;
-    const ConvOptions& o = call.o;
-    const bool need_input = call.need_input, need_weight = call.need_weight, need_bias = call.need_bias;
+// The backward of conv_transpose, whose forward is a fixed diagonal scaling (of the
+// weight, or of the output) of a transposed convolution: either the incoming
+// gradient times the output factors and one ATen convolution backward with the plain
+// weight, or one with the scaled weight and the same scaling again on the weight
+// gradient (the adjoint of a diagonal map is itself).
+struct ConvTransposeBackward final : ConvNode {
+  std::string name() const override { return "strideconv::ConvTransposeBackward"; }
+
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    variable_list out(3);
+    const at::Tensor& grad = grads[0];
+    if (!grad.defined()) return out;
+    const bool need_input = task_should_compute_output(0), need_weight = task_should_compute_output(1),
+               need_bias = has_bias && task_should_compute_output(2);
+    const at::Tensor input = input_.unpack(), weight = weight_.unpack();
     const bool position = o.correction == Correction::Position;
     const auto kernel_size = weight.sizes().slice(2);
     const bool differentiable = at::GradMode::is_enabled();  // create_graph=True
     std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
     if (!differentiable) below_autograd.emplace();
 
-    const at::Tensor& grad = grads[0];
     at::Tensor grad_input, grad_weight, grad_bias;
     // "position" always scales the incoming gradient (a full pass, which the band alone
     // would need too, as that tensor is not ours to scale in place); "kernel" and "map"
@@ -233,143 +242,179 @@ class ConvTransposeFunction : public torch::autograd::Function<ConvTransposeFunc
           c10::fromIntArrayRefSlow(o.dilation_list()), /*transposed=*/true,
           c10::fromIntArrayRefSlow(o.output_padding_list()), c10::SymInt(o.groups),
           {need_input, need_weight, need_bias});
-      // the adjoint of a diagonal scaling is itself
       if (need_weight && scaled) grad_weight = scale(grad_weight);
     }
-    return {grad_input,   grad_weight,  grad_bias,    at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
-  }
-};
-
-// A fixed diagonal scaling of the weight: its backward is itself.
-class ScaleWeightFunction : public torch::autograd::Function<ScaleWeightFunction> {
- public:
-  static at::Tensor forward(
-      AutogradContext* ctx, const at::Tensor& weight, c10::SymIntArrayRef input_size,
-      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-      c10::string_view correction, double power, at::IntArrayRef output_padding) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    at::Tensor out = call_scale_weight(weight, input_size, stride, padding, dilation, correction,
-                                       power, output_padding);
-    SavedScaling::save(ctx, stride, padding, dilation, power, output_padding);
-    ctx->saved_data["input_size"] = input_size;
-    ctx->saved_data["correction"] = std::string(correction);
+    out[0] = std::move(grad_input);
+    out[1] = std::move(grad_weight);
+    out[2] = std::move(grad_bias);
     return out;
   }
+};
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const SavedScaling s(ctx);
-    const auto input_size = ctx->saved_data["input_size"].toSymIntVector();
-    const std::string correction = ctx->saved_data["correction"].toStringRef();
-    return {call_scale_weight(grads[0], input_size, s.stride, s.padding, s.dilation, correction,
-                              s.power, s.output_padding),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor()};
+// ----- the fixed diagonal scalings: each one's backward is itself --------------------------------
+
+struct ScaleWeightBackward final : Node {
+  std::vector<c10::SymInt> input_size;
+  std::vector<int64_t> stride, padding, dilation, output_padding;
+  std::string correction;
+  double power = 0.5;
+
+  std::string name() const override { return "strideconv::ScaleWeightBackward"; }
+  variable_list apply(variable_list&& grads) override {
+    if (!grads[0].defined() || !task_should_compute_output(0)) return {at::Tensor()};
+    return {call_scale_weight(grads[0], input_size, stride, padding, dilation, correction, power, output_padding)};
   }
 };
 
-// A fixed diagonal scaling of the weight: its backward is itself.
-class ScaleTapsFunction : public torch::autograd::Function<ScaleTapsFunction> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& weight, at::IntArrayRef stride,
-                            at::IntArrayRef dilation, double power) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    at::Tensor out = call_scale_taps(weight, stride, dilation, power);
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["dilation"] = dilation;
-    ctx->saved_data["power"] = power;
-    return out;
-  }
+struct ScaleTapsBackward final : Node {
+  std::vector<int64_t> stride, dilation;
+  double power = 0.5;
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto stride = ctx->saved_data["stride"].toIntVector();
-    const auto dilation = ctx->saved_data["dilation"].toIntVector();
-    return {call_scale_taps(grads[0], stride, dilation, ctx->saved_data["power"].toDouble()),
-            at::Tensor(), at::Tensor(), at::Tensor()};
+  std::string name() const override { return "strideconv::ScaleTapsBackward"; }
+  variable_list apply(variable_list&& grads) override {
+    if (!grads[0].defined() || !task_should_compute_output(0)) return {at::Tensor()};
+    return {call_scale_taps(grads[0], stride, dilation, power)};
   }
 };
 
-// A fixed diagonal scaling of the gradient: its backward is itself.
-class ScaleBorderFunction : public torch::autograd::Function<ScaleBorderFunction> {
- public:
-  static at::Tensor forward(
-      AutogradContext* ctx, const at::Tensor& grad, at::IntArrayRef kernel_size,
-      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, double power,
-      at::IntArrayRef output_padding) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    at::Tensor out =
-        call_scale_border(grad, kernel_size, stride, padding, dilation, power, output_padding);
-    SavedScaling::save(ctx, stride, padding, dilation, power, output_padding);
-    ctx->saved_data["kernel_size"] = kernel_size;
-    return out;
-  }
+struct ScaleBorderBackward final : Node {
+  std::vector<int64_t> kernel_size, stride, padding, dilation, output_padding;
+  double power = 0.5;
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const SavedScaling s(ctx);
-    const auto kernel_size = ctx->saved_data["kernel_size"].toIntVector();
-    return {call_scale_border(grads[0], kernel_size, s.stride, s.padding, s.dilation, s.power,
-                              s.output_padding),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  std::string name() const override { return "strideconv::ScaleBorderBackward"; }
+  variable_list apply(variable_list&& grads) override {
+    if (!grads[0].defined() || !task_should_compute_output(0)) return {at::Tensor()};
+    return {call_scale_border(grads[0], kernel_size, stride, padding, dilation, power, output_padding)};
   }
 };
 
-// Whether a call must record a graph node: as ATen's own ops decide, so that
-// inference (no_grad, or nothing requiring grad) pays for no node and nothing
-// saved. A forward-mode tangent still goes through the Function, which
-// refuses it loudly (no jvp is defined) rather than dropping it.
-bool records_graph(const at::Tensor& input, const at::Tensor& weight,
-                   const std::optional<at::Tensor>& bias) {
-  const bool grad_mode = at::GradMode::is_enabled();
-  const auto tracked = [&](const at::Tensor& t) {
-    return t.defined() && ((grad_mode && t.requires_grad()) || t._fw_grad(/*level=*/0).defined());
-  };
-  return tracked(input) || tracked(weight) || (bias.has_value() && tracked(*bias));
+std::vector<int64_t> to_vector(at::IntArrayRef list) { return list.vec(); }
+
+// ----- the Autograd kernels ----------------------------------------------------------------------
+
+template <class NodeT>
+at::Tensor record_conv(at::Tensor output, const at::Tensor& input, const at::Tensor& weight,
+                       const std::optional<at::Tensor>& bias, const ConvOptions& o) {
+  auto node = make_node<NodeT>();
+  node->set_next_edges(torch::autograd::collect_next_edges(input, weight, bias));
+  node->input_ = SavedVariable(input, /*is_output=*/false);
+  node->weight_ = SavedVariable(weight, /*is_output=*/false);
+  node->o = o;
+  node->has_bias = bias.has_value() && bias->defined();
+  torch::autograd::set_history(output, node);
+  return output;
 }
 
 at::Tensor conv_autograd(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     c10::string_view correction, double power) {
-  if (!records_graph(input, weight, bias)) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return call_conv(input, weight, bias, stride, padding, dilation, groups, correction, power);
+  const Correction kind = parse_correction(correction);
+  if (kind == Correction::None) {
+    // ATen's convolution with ATen's own node (ConvolutionBackward0): the backward,
+    // forward-mode AD and torch.func work as they do for torch's convolutions.
+    check_power(power);
+    check_conv_inputs(input, weight, bias);
+    return at::convolution(input, weight, bias, stride, padding, dilation, /*transposed=*/false,
+                           std::vector<int64_t>(stride.size(), 0), groups);
   }
-  return ConvFunction::apply(input, weight, bias, stride, padding, dilation, groups, correction,
-                             power);
+  refuse_transforms(input, weight, bias);
+  at::Tensor output;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    // The op checks every argument (ATen's checks, then ours) before it returns.
+    output = call_conv(input, weight, bias, stride, padding, dilation, groups, correction, power);
+  }
+  if (!records_graph(input, weight, bias)) return output;
+  return record_conv<ConvBackward>(
+      std::move(output), input, weight, bias,
+      conv_options(weight.dim() - 2, stride, padding, dilation, groups, kind, power));
 }
 
 at::Tensor conv_transpose_autograd(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
     at::IntArrayRef dilation, int64_t groups, c10::string_view correction, double power) {
-  if (!records_graph(input, weight, bias)) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return call_conv_transpose(input, weight, bias, stride, padding, output_padding, dilation,
-                               groups, correction, power);
+  const Correction kind = parse_correction(correction);
+  if (kind == Correction::None) {  // as in conv_autograd: ATen's own node
+    check_power(power);
+    check_real(input, weight, "conv_transpose2d");
+    return at::convolution(input, weight, bias, stride, padding, dilation, /*transposed=*/true, output_padding,
+                           groups);
   }
-  return ConvTransposeFunction::apply(input, weight, bias, stride, padding, output_padding,
-                                      dilation, groups, correction, power);
+  refuse_transforms(input, weight, bias);
+  at::Tensor output;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    output = call_conv_transpose(input, weight, bias, stride, padding, output_padding, dilation, groups,
+                                 correction, power);
+  }
+  if (!records_graph(input, weight, bias)) return output;
+  return record_conv<ConvTransposeBackward>(
+      std::move(output), input, weight, bias,
+      conv_options(weight.dim() - 2, stride, padding, dilation, groups, kind, power, output_padding));
+}
+
+// One input, one output: a fixed diagonal scaling `call` of `t`, whose node is `node`.
+template <class NodeT, class Call>
+at::Tensor record_scaling(const at::Tensor& t, const Call& call, const std::function<void(NodeT&)>& fill) {
+  refuse_transforms(t, at::Tensor());
+  at::Tensor out;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    out = call();
+  }
+  if (!records_graph(t)) return out;
+  auto node = make_node<NodeT>();
+  node->set_next_edges(torch::autograd::collect_next_edges(t));
+  fill(*node);
+  torch::autograd::set_history(out, node);
+  return out;
 }
 
 at::Tensor scale_weight_autograd(
     const at::Tensor& weight, c10::SymIntArrayRef input_size, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view correction, double power,
     at::IntArrayRef output_padding) {
-  return ScaleWeightFunction::apply(weight, input_size, stride, padding, dilation, correction,
-                                    power, output_padding);
+  return record_scaling<ScaleWeightBackward>(
+      weight,
+      [&] { return call_scale_weight(weight, input_size, stride, padding, dilation, correction, power, output_padding); },
+      [&](ScaleWeightBackward& n) {
+        n.input_size = input_size.vec();
+        n.stride = to_vector(stride);
+        n.padding = to_vector(padding);
+        n.dilation = to_vector(dilation);
+        n.output_padding = to_vector(output_padding);
+        n.correction = std::string(correction);
+        n.power = power;
+      });
 }
 
 at::Tensor scale_taps_autograd(
     const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef dilation, double power) {
-  return ScaleTapsFunction::apply(weight, stride, dilation, power);
+  return record_scaling<ScaleTapsBackward>(
+      weight, [&] { return call_scale_taps(weight, stride, dilation, power); },
+      [&](ScaleTapsBackward& n) {
+        n.stride = to_vector(stride);
+        n.dilation = to_vector(dilation);
+        n.power = power;
+      });
 }
 
 at::Tensor scale_border_autograd(
     const at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, double power,
     at::IntArrayRef output_padding) {
-  return ScaleBorderFunction::apply(grad, kernel_size, stride, padding, dilation, power,
-                                    output_padding);
+  return record_scaling<ScaleBorderBackward>(
+      grad, [&] { return call_scale_border(grad, kernel_size, stride, padding, dilation, power, output_padding); },
+      [&](ScaleBorderBackward& n) {
+        n.kernel_size = to_vector(kernel_size);
+        n.stride = to_vector(stride);
+        n.padding = to_vector(padding);
+        n.dilation = to_vector(dilation);
+        n.output_padding = to_vector(output_padding);
+        n.power = power;
+      });
 }
 
 }  // namespace

@@ -18,12 +18,7 @@
 #include "output_factors.h"
 
 namespace strideconv {
-namespace {
 
-// ATen's own convolution, so the output is bit-identical to
-// torch.nn.functional.convNd and runs cuDNN / oneDNN under the user's backend
-// settings. correction and power only shape the backward, but they are checked
-// here, so that a bad setting fails at the call that made it.
 // ATen runs complex convolutions as real ones only from at::conv2d & co., not
 // from at::convolution, and the correction factors are real: not supported.
 void check_real(const at::Tensor& input, const at::Tensor& weight, const char* plain) {
@@ -32,18 +27,28 @@ void check_real(const at::Tensor& input, const at::Tensor& weight, const char* p
                     plain);
 }
 
-at::Tensor conv(
-    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-    c10::string_view correction, double power) {
-  const Correction kind = parse_correction(correction);
-  check_power(power);
+void check_conv_inputs(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   check_real(input, weight, "conv2d");
   // at::conv2d checks the bias before at::convolution does; keep its message.
   TORCH_CHECK(
       !bias.has_value() || !bias->defined() || input.dtype() == bias->dtype(),
       "Input type (", std::string(input.dtype().name()), ") and bias type (",
       std::string(bias->dtype().name()), ") should be the same");  // built only on failure
+}
+
+namespace {
+
+// ATen's own convolution, so the output is bit-identical to
+// torch.nn.functional.convNd and runs cuDNN / oneDNN under the user's backend
+// settings. correction and power only shape the backward, but they are checked
+// here, so that a bad setting fails at the call that made it.
+at::Tensor conv(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    c10::string_view correction, double power) {
+  const Correction kind = parse_correction(correction);
+  check_power(power);
+  check_conv_inputs(input, weight, bias);
   const std::vector<int64_t> output_padding(stride.size(), 0);
   // ATen checks every argument first, with the messages torch's convolutions give.
   at::Tensor output = at::convolution(input, weight, bias, stride, padding, dilation,

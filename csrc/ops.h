@@ -11,6 +11,11 @@
 
 namespace strideconv {
 
+// What ATen does not check, or checks with another message, before a convolution:
+// complex operands (refused), and a bias of another dtype (at::conv2d's message).
+void check_real(const at::Tensor& input, const at::Tensor& weight, const char* plain);
+void check_conv_inputs(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias);
+
 at::Tensor call_conv(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,

@@ -93,29 +93,6 @@ ConvOptions conv_options(
   return o;
 }
 
-std::vector<int64_t> encode_options(const ConvOptions& o) {
-  std::vector<int64_t> out{o.ndim};
-  for (const at::IntArrayRef list :
-       {o.stride_list(), o.padding_list(), o.dilation_list(), o.output_padding_list()}) {
-    out.insert(out.end(), list.begin(), list.end());
-  }
-  out.push_back(o.groups);
-  out.push_back(static_cast<int64_t>(o.correction));
-  return out;
-}
-
-ConvOptions decode_options(at::IntArrayRef encoded, double power) {
-  const int64_t nd = encoded.empty() ? 0 : encoded[0];
-  TORCH_CHECK(nd >= 1 && nd <= kMaxSpatialDims && static_cast<int64_t>(encoded.size()) == 3 + 4 * nd,
-              "strideconv: saved convolution options are malformed");
-  const int64_t correction = encoded[2 + 4 * nd];
-  TORCH_CHECK(correction >= 0 && correction < static_cast<int64_t>(std::size(kCorrectionNames)),
-              "strideconv: saved convolution options are malformed");
-  return conv_options(nd, encoded.slice(1, nd), encoded.slice(1 + nd, nd), encoded.slice(1 + 2 * nd, nd),
-                      encoded[1 + 4 * nd], static_cast<Correction>(correction), power,
-                      encoded.slice(1 + 3 * nd, nd));
-}
-
 Geometry make_geometry(
     at::IntArrayRef lengths, at::IntArrayRef kernel_size, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, at::IntArrayRef output_padding) {

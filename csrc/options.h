@@ -40,13 +40,6 @@ struct ConvOptions {
   at::IntArrayRef output_padding_list() const { return {output_padding, static_cast<size_t>(ndim)}; }
 };
 
-// A ConvOptions as one int list, [ndim, stride, padding, dilation,
-// output_padding, groups, correction], and back: an autograd context stores it in one entry (a string-keyed
-// hash-map insert per entry, once per training step). decode_options checks the
-// layout and values it reads; nothing else reads the list.
-std::vector<int64_t> encode_options(const ConvOptions& o);
-ConvOptions decode_options(at::IntArrayRef encoded, double power);
-
 // `ndim` spatial dims: 1 to 3. An empty output_padding is all zeros.
 ConvOptions conv_options(
     int64_t ndim, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,

@@ -51,35 +51,73 @@ Key key_of(const Geometry& g, Correction correction, double power, at::ScalarTyp
 
 constexpr size_t kCacheSize = 32;  // layers of one network: a few distinct geometries each
 
+// A bounded cache of small factor tensors, most recently used first. Never destroyed:
+// tensors must not be freed by static destructors at process exit, after the allocators
+// they came from may be gone.
+class FactorCache {
+ public:
+  template <typename Build>
+  at::Tensor get(Key key, const Build& build) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+        if (it->first == key) {
+          entries_.splice(entries_.begin(), entries_, it);
+          return it->second;
+        }
+      }
+    }
+    at::Tensor value;
+    {
+      // A plain tensor even under inference mode, so that autograd can use it later.
+      c10::InferenceMode normal_mode(false);
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      value = build();
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    entries_.emplace_front(std::move(key), value);
+    if (entries_.size() > kCacheSize) entries_.pop_back();
+    return value;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::list<std::pair<Key, at::Tensor>> entries_;
+};
+
 }  // namespace
 
 at::Tensor output_factor_map(const Geometry& g, Correction correction, double power,
                              at::ScalarType dtype, at::Device device) {
-  // Never destroyed: tensors must not be freed by static destructors at process exit,
-  // after the allocators they came from may be gone.
-  static auto* mutex = new std::mutex();
-  static auto* cache = new std::list<std::pair<Key, at::Tensor>>();  // most recently used first
+  static auto* cache = new FactorCache();
+  return cache->get(key_of(g, correction, power, dtype, device),
+                    [&] { return build(g, correction, power, dtype, device); });
+}
+
+at::Tensor weight_factors(const Geometry& g, Correction correction, double power,
+                          at::ScalarType weight_dtype, at::Device device) {
+  static auto* cache = new FactorCache();
+  const at::ScalarType dtype = weight_dtype == at::kDouble ? at::kDouble : at::kFloat;
   Key key = key_of(g, correction, power, dtype, device);
-  {
-    std::lock_guard<std::mutex> lock(*mutex);
-    for (auto it = cache->begin(); it != cache->end(); ++it) {
-      if (it->first == key) {
-        cache->splice(cache->begin(), *cache, it);
-        return it->second;
+  if (correction != Correction::Map) {  // the tap factors do not depend on the lengths or padding
+    auto& ints = std::get<0>(key);
+    for (size_t i = 0; i < ints.size(); i += 6) ints[i] = ints[i + 3] = 0;
+  }
+  return cache->get(std::move(key), [&] {
+    std::vector<int64_t> shape{1, 1};
+    at::Tensor f = at::ones({}, at::kDouble);
+    for (int d = 0; d < g.ndim; ++d) {
+      const Axis& a = g.axis[d];
+      std::vector<double> taps(a.kernel, 1.0);
+      if (correction != Correction::Map) {
+        for (int64_t t = 0; t < a.kernel; ++t) taps[t] = a.tap_factor<double>(t, power);
       }
+      f = f.unsqueeze(-1) * at::tensor(taps, at::kDouble);
+      shape.push_back(a.kernel);
     }
-  }
-  at::Tensor map;
-  {
-    // A plain tensor even under inference mode, so that autograd can use it later.
-    c10::InferenceMode normal_mode(false);
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    map = build(g, correction, power, dtype, device);
-  }
-  std::lock_guard<std::mutex> lock(*mutex);
-  cache->emplace_front(std::move(key), map);
-  if (cache->size() > kCacheSize) cache->pop_back();
-  return map;
+    if (correction == Correction::Map) f = f * map_alpha(g, power);
+    return f.reshape(shape).to(device, dtype).contiguous();
+  });
 }
 
 double map_alpha(const Geometry& g, double power) {

@@ -21,6 +21,14 @@ at::Tensor output_factor_map(const Geometry& g, Correction correction, double po
 // alpha of "map" over the output positions.
 double map_alpha(const Geometry& g, double power);
 
+// The factors that scale a weight (out, in / groups, *kernel) for the corrected input
+// gradient of a strided convolution (g over its input): "kernel" and "position" each tap's
+// (k / n(r(t)))^g, "map" alpha on every tap; shaped (1, 1, *kernel), in float64 for a
+// float64 weight and float32 otherwise (reduced precision weights are scaled in float32,
+// one rounding). Cached (bounded, thread-safe): the backward of a layer finds them built.
+at::Tensor weight_factors(const Geometry& g, Correction correction, double power,
+                          at::ScalarType weight_dtype, at::Device device);
+
 // Whether to normalise on the output (one elementwise pass over it) rather than on the
 // weight (scaling it, and in the backward its gradient): when the weight holds at least
 // 1/kOutputPathRatio as many elements as the output. The ratio is measured, not derived

@@ -242,8 +242,13 @@ def test_benchmark_quick_run(tmp_path):
     assert all(r["train_s"] > 0 for r in results["pool"])
     assert "## Per-call overhead" in report
     overhead = {r["variant"]: r for r in results["overhead"]}
-    assert set(overhead) == {"F.conv2d", "hook", "none", "map", "kernel", "position"}
+    assert set(overhead) == {"F.conv2d", "F.conv2d (control)", "hook", "none", "map", "kernel", "position",
+                             "nn.Conv2d"} | {f"strideconv.Conv2d {c}" for c in ("none", "map", "kernel", "position")}
     assert overhead["F.conv2d"]["train_extra_us"] == 0 and all(r["train_us"] > 0 for r in overhead.values())
+    assert overhead["nn.Conv2d"]["train_module_extra_us"] == 0
+    assert all(r["train_extra_q1_us"] <= r["train_extra_us"] <= r["train_extra_q3_us"] for r in overhead.values())
+    control = results["overhead_meta"]["control"]
+    assert results["overhead_meta"]["busy"] == any(abs(c - 1) > 0.03 for c in control)
     for name in ("variance_k3_s2.png", "variance_k4_s4.png", "transposed_variance_k3_s2.png"):
         assert (tmp_path / name).stat().st_size > 10_000
     # transposed: the plain k3s2 output variance has the [4 2; 2 1] cell; "position" evens it out

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import strideconv  # noqa: F401
 from strideconv.functional import conv2d
@@ -147,7 +148,9 @@ def test_eager_binding_equals_torch_ops(correction, device):
         w = torch.randn(4, 3, 3, 3, device=device, requires_grad=True)
         b = torch.randn(4, device=device, requires_grad=True)
         y = call(x, w, b, *args)
-        assert "ConvFunction" in y.grad_fn.name()  # the C++ autograd node of the op
+        # the op's C++ node; "none" is ATen's convolution with its own node
+        expected = "ConvolutionBackward0" if correction == "none" else "strideconv::ConvBackward"
+        assert y.grad_fn.name() == expected
         y.backward(torch.ones_like(y))
         results.append((y, x.grad, w.grad, b.grad))
     for a, b in zip(*results):
@@ -198,6 +201,23 @@ def test_no_graph_without_grad_and_forward_ad_refused():
         for mode in (torch.enable_grad, torch.no_grad):
             with mode(), pytest.raises(RuntimeError, match="jvp is not implemented"):
                 conv2d(dual, w.detach(), stride=2)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script:DeprecationWarning")  # torch's forward_ad import
+def test_none_supports_forward_ad_and_torch_func_as_torch_does():
+    """correction="none" is ATen's convolution with ATen's own node: forward-mode AD and
+    torch.func give F.conv2d's derivatives."""
+    import torch.autograd.forward_ad as fwAD
+
+    torch.manual_seed(0)
+    x, w, t = torch.randn(1, 2, 7, 7), torch.randn(3, 2, 3, 3), torch.randn(1, 2, 7, 7)
+    with fwAD.dual_level():
+        ours = fwAD.unpack_dual(conv2d(fwAD.make_dual(x, t), w, stride=2, correction="none")).tangent
+        plain = fwAD.unpack_dual(F.conv2d(fwAD.make_dual(x, t), w, stride=2)).tangent
+    torch.testing.assert_close(ours, plain, rtol=0, atol=0)
+    g_ours = torch.func.grad(lambda v: conv2d(v, w, stride=2, correction="none").square().sum())(x)
+    g_plain = torch.func.grad(lambda v: F.conv2d(v, w, stride=2).square().sum())(x)
+    torch.testing.assert_close(g_ours, g_plain, rtol=0, atol=0)
 
 
 def test_functorch_transforms_refused_loudly():
