@@ -69,12 +69,13 @@ class Pasted(NamedTuple):
     box: torch.Tensor  # (n, 4) int64: top, left, bottom, right (exclusive) of the digit's ink
 
 
-def pasted_digits(split: Split, others: Split, size: int = 48, distractors: int = 3, seed: int = 0) -> Pasted:
+def pasted_digits(split: Split, others: Split, size: int = 48, distractors: int = 3, contrast: float = 0.5,
+                  seed: int = 0) -> Pasted:
     """A localisation task with known relevant pixels: each digit of `split` pasted at a random
     place on a `size` x `size` canvas over `distractors` stroke clutters. A clutter is a digit of
     `others` cut into 7x7 tiles that are shuffled and rotated at random (strokes like a digit's,
-    no class), pasted anywhere (pixelwise maximum). The label depends only on the pasted digit,
-    whose ink box (pixels above 0.1) is returned."""
+    no class), at `contrast` times its brightness, pasted anywhere (pixelwise maximum). The label
+    depends only on the pasted digit, whose ink box (pixels above 0.1) is returned."""
     g = torch.Generator().manual_seed(seed)
     n, span = len(split.x), size - 28
     canvas = torch.zeros(n, 1, size, size)
@@ -85,7 +86,7 @@ def pasted_digits(split: Split, others: Split, size: int = 48, distractors: int 
         turns = torch.randint(4, (n, 16), generator=g)
         tiles = torch.stack([tiles.rot90(k, dims=(2, 3)) for k in range(4)], 0)
         tiles = tiles.gather(0, turns[None, :, :, None, None].expand(1, -1, -1, 7, 7))[0]
-        clutter = tiles.reshape(n, 4, 4, 7, 7).permute(0, 1, 3, 2, 4).reshape(n, 1, 28, 28)
+        clutter = contrast * tiles.reshape(n, 4, 4, 7, 7).permute(0, 1, 3, 2, 4).reshape(n, 1, 28, 28)
         _paste(canvas, clutter, torch.randint(span + 1, (n, 2), generator=g))
     at = torch.randint(span + 1, (n, 2), generator=g)
     _paste(canvas, split.x, at)

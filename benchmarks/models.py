@@ -206,7 +206,7 @@ def measure(steps, clock, rounds, reps, seed=0):
                 ratio=statistics.median(times["converted"]) / statistics.median(times["plain"]), q1=q[0], q3=q[2])
 
 
-def run(device, quick, modes):
+def run(device, quick, modes, names=None, compile_names=None):
     cuda = device.startswith("cuda")
     batch = (16 if quick else 64) if cuda else (2 if quick else 8)
     rounds, reps = (3, 1) if quick else ((11, 5) if cuda else (9, 2))
@@ -216,9 +216,11 @@ def run(device, quick, modes):
         torch.set_num_threads(1)
     rows = []
     try:
-        for spec in tqdm(model_specs(cuda, quick), desc="models", file=sys.stdout):
+        specs = [s for s in model_specs(cuda, quick) if names is None or s[0] in names]
+        for spec in tqdm(specs, desc="models", file=sys.stdout):
             for mode in modes:
-                if mode == "CUDA graph" and not cuda:
+                if (mode == "CUDA graph" and not cuda) or (
+                        mode == "compile" and compile_names is not None and spec[0] not in compile_names):
                     continue
                 plain, converted, x, target, kind = build_pair(spec, batch, device, cuda)
                 models = {"plain": plain, "converted": converted}
@@ -258,13 +260,16 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--modes", nargs="*", default=["eager", "compile", "CUDA graph"],
                         choices=["eager", "compile", "CUDA graph"], help="CUDA graph runs on a GPU only")
+    parser.add_argument("--models", nargs="*", default=None, help="a subset of the models, by name")
+    parser.add_argument("--compile-models", nargs="*", default=None,
+                        help="the models that also run under torch.compile (default: all; compiling takes minutes)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device")
     os.makedirs(args.out, exist_ok=True)
     meta = describe(args.device, "benchmarks/models.py", argv)
-    rows, info = run(args.device, args.quick, args.modes)
+    rows, info = run(args.device, args.quick, args.modes, args.models, args.compile_models)
     text = report(meta, rows, info)
     with open(os.path.join(args.out, "models.md"), "w") as f:
         f.write(text)

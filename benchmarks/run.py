@@ -7,7 +7,8 @@ transposed convolutions against F.conv_transpose2d; a summary of the studies' la
 
 Writes report.md, results.json and PNG pictures into --out (default benchmarks/out). The
 measurements live in variance.py, speed.py and transposed.py; common.py has what they share.
-The studies (decoder.py, image_gradients.py, attribution.py, image_optimisation.py, gan.py, train.py) are their own commands; their latest results in --out
+The studies and whole-model timings (decoder.py, image_gradients.py, attribution.py,
+image_optimisation.py, gan.py, train.py, models.py) are their own commands; their latest results in --out
 are summarised at the end.
 """
 
@@ -116,6 +117,19 @@ def image_optimisation_section(out_dir: str) -> list:
                     f"{paired_cell(st['spectrum_distance'][m])} |" for m in data["methods"]]
 
 
+def models_section(out_dir: str) -> list:
+    """Summary of benchmarks/models.py when its JSON is in --out."""
+    lines, data = _study(out_dir, "models", "Whole training steps", "times training steps of whole models "
+                         "(ResNet-18/50, a DCGAN generator, a U-Net), converted against plain.")
+    if data is None:
+        return lines
+    lines += [f"From [models.md](models.md) (`{data['meta']['command']}`; batch {data['batch']}, {data['clock']}): "
+              "converted step time over plain, median and per-round quartiles.", "",
+              "| model | mode | ratio | quartiles |", "|---|---|---|---|"]
+    return lines + [f"| {r['model']} | {r['mode']} | {r['ratio']:.3f} | {r['q1']:.3f}-{r['q3']:.3f} |"
+                    for r in data["rows"]]
+
+
 def gan_section(out_dir: str) -> list:
     """Summary of benchmarks/gan.py when its JSON is in --out."""
     lines, data = _study(out_dir, "gan", "GAN study", "trains a small GAN on 28x28 digits whose generator has no "
@@ -165,7 +179,7 @@ def main(argv=None):
     else:
         t_rows, t_meta, t_ratios = [], None, []
     studies = (decoder_section(args.out) + image_gradients_section(args.out) + attribution_section(args.out)
-               + image_optimisation_section(args.out) + gan_section(args.out))
+               + image_optimisation_section(args.out) + gan_section(args.out) + models_section(args.out))
     text = "\n".join(lines + studies + training_section(args.out)) + "\n"
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write(text)

@@ -124,7 +124,18 @@ struct ConvNode : Node {
 // scale_weight (grad_weight and grad_bias do not depend on it, so they come out
 // true), then, for "position", scale_border_ on the border band of grad_input.
 struct ConvBackward final : ConvNode {
+  // Under autocast, the weight before its cast to the lower precision: the scaled weight is
+  // computed from it, so that it is rounded once, as the plain weight is (autocast.cpp).
+  SavedVariable full_weight_;
+  bool has_full_weight = false;
+
   std::string name() const override { return "strideconv::ConvBackward"; }
+
+  void release_variables() override {
+    ConvNode::release_variables();
+    std::lock_guard<std::mutex> lock(mutex_);
+    full_weight_.reset_data();
+  }
 
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -145,17 +156,19 @@ struct ConvBackward final : ConvNode {
     at::Tensor w = weight;
     if (corrected &&
         (o.correction == Correction::Map || !taps_trivial(kernel_size, o.stride_list(), o.dilation_list()))) {
-      if (!differentiable && concrete(weight)) {
+      const at::Tensor source = has_full_weight ? full_weight_.unpack() : weight;
+      if (!differentiable && concrete(source)) {
         // The cached factors (the forward checked the options): one multiply, in float32
         // or float64, rounded once to the weight's dtype.
         const at::Tensor f = weight_factors(
             make_geometry(input.sizes().slice(2), kernel_size, o.stride_list(), o.padding_list(), o.dilation_list()),
-            o.correction, o.power, weight.scalar_type(), weight.device());
+            o.correction, o.power, source.scalar_type(), source.device());
         w = at::empty_like(weight);
-        at::mul_out(w, weight, f);
+        at::mul_out(w, source, f);
       } else {  // through the op: differentiable (create_graph) and traceable (torch.compile)
-        w = call_scale_weight(weight, input.sym_sizes().slice(2), o.stride_list(), o.padding_list(),
-                              o.dilation_list(), correction_name(o.correction), o.power);
+        w = call_scale_weight(source, input.sym_sizes().slice(2), o.stride_list(), o.padding_list(),
+                              o.dilation_list(), correction_name(o.correction), o.power)
+                .to(weight.scalar_type());
       }
     }
     const BiasSizes bias(weight.sym_size(0), need_bias);
@@ -418,6 +431,13 @@ at::Tensor scale_border_autograd(
 }
 
 }  // namespace
+
+void keep_full_precision_weight(const at::Tensor& output, const at::Tensor& weight) {
+  auto* node = dynamic_cast<ConvBackward*>(output.grad_fn().get());
+  if (node == nullptr || !weight.defined() || weight.scalar_type() == node->weight_.unpack().scalar_type()) return;
+  node->full_weight_ = SavedVariable(weight, /*is_output=*/false);
+  node->has_full_weight = true;
+}
 
 TORCH_LIBRARY_IMPL(strideconv, Autograd, m) {
   m.impl("conv", &conv_autograd);

@@ -55,4 +55,8 @@ void call_scale_border_(
     at::IntArrayRef padding, at::IntArrayRef dilation, double power,
     at::IntArrayRef output_padding = {});
 
+// Under autocast: let the backward of the conv that made `output` scale `weight` (the weight
+// before its cast) rather than the cast weight it saved; nothing if `output` has no such node.
+void keep_full_precision_weight(const at::Tensor& output, const at::Tensor& weight);
+
 }  // namespace strideconv

@@ -57,6 +57,12 @@ def _same_alpha_ratio(size, kernel, pads, dilation, power) -> float:
     return ratio
 
 
+def _fast_path_allowed(input, weight, bias) -> bool:
+    """Whether the eager binding may run the call: not while torch.compile, torch.export or
+    torch.jit traces, nor under a __torch_function__ override (they must see torch.ops)."""
+    return not (_is_compiling() or _is_tracing() or _has_torch_function(input, weight, bias))
+
+
 def _conv_nd(input, weight, bias, stride, padding, dilation, groups, correction, power, nd):
     """Public N-d entry: normalises every argument once, accepts unbatched input.
 

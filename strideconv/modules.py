@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._arguments import check_correction, check_power
-from .functional import _conv_nd, _conv_transpose_nd, avg_pool2d
+from . import _C
+from ._arguments import check_correction, check_power, int_arg, int_tuple
+from .functional import _conv_nd, _conv_transpose_nd, _fast_path_allowed, avg_pool2d
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "AvgPool2d"]
 
@@ -69,7 +70,32 @@ class _ConvNd(_Corrected):
         return self._eager_conv(input, weight, bias)
 
     @torch.jit.unused
+    def _op_arguments(self):
+        """The op's arguments (stride, padding, dilation, groups, correction, power), normalised
+        once and again only when one of the settings they come from changes (a user may set
+        ``conv.stride = 2`` after construction, as with torch.nn.Conv2d); None where the call
+        needs the general path (string or non-zero-mode padding, or settings it will refuse)."""
+        key = (self.stride, self.padding, self.dilation, self.groups, self.padding_mode, self.correction, self.power)
+        cached = self.__dict__.get("_op_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        args = None
+        if self.padding_mode == "zeros" and not isinstance(self.padding, str):
+            try:
+                nd = self._nd
+                args = (int_tuple(self.stride, nd, "stride"), int_tuple(self.padding, nd, "padding"),
+                        int_tuple(self.dilation, nd, "dilation"), int_arg(self.groups, "groups"),
+                        check_correction(self.correction), check_power(self.power))
+            except (TypeError, ValueError, RuntimeError):
+                args = None  # the general path raises what torch.nn.Conv2d would
+        self.__dict__["_op_cache"] = (key, args)
+        return args
+
+    @torch.jit.unused
     def _eager_conv(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+        args = self._op_arguments()
+        if args is not None and input.dim() == self._nd + 2 and _fast_path_allowed(input, weight, bias):
+            return _C.conv(input, weight, bias, *args)
         padding = self.padding
         if self.padding_mode != "zeros":  # as torch.nn.ConvNd: pad first, then convolve unpadded
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)

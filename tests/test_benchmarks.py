@@ -10,6 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import strideconv
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytest.importorskip("mnist1d", reason="benchmarks/train.py needs mnist1d (requirements-dev.txt)")
 pytest.importorskip("sklearn", reason="benchmarks/train.py needs scikit-learn (requirements-dev.txt)")
@@ -258,6 +260,32 @@ def test_benchmark_quick_run(tmp_path):
     assert {r["variant"] for r in results["transposed_speed"]} == {
         "F.conv_transpose2d", "plain ops", "none", "map", "kernel", "position"}
     assert "## Transposed convolutions" in report and "## Decoder study" in report
+
+
+def test_models_quick_run(tmp_path):
+    """benchmarks/models.py: converted models compute the plain models' forward, and its quick
+    run times both, eager, with the summary in run.py's report format."""
+    import models
+
+    for spec in models.model_specs(cuda=False, quick=False):
+        plain, converted, x, _, _ = models.build_pair(spec, 2, "cpu", cuda=False)
+        converted.train()
+        if spec[4]:  # transposed layers normalise their forward: only the convolutions' output is unchanged
+            continue
+        assert torch.equal(plain(x), converted(x)), spec[0]
+        assert any(isinstance(m, strideconv.Conv2d) for m in converted.modules())
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "models.py"), "--quick", "--modes", "eager", "--out",
+         str(tmp_path)], capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "models.json").read_text())
+    assert {r["model"] for r in data["rows"]} == {"ResNet-18", "DCGAN generator"}
+    assert all(r["plain_ms"] > 0 and r["converted_ms"] > 0 and r["q1"] <= r["q3"] for r in data["rows"])
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import run
+
+    assert "| ResNet-18 | eager |" in "\n".join(run.models_section(str(tmp_path)))
 
 
 def test_decoder_quick_run(tmp_path):

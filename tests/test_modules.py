@@ -124,6 +124,36 @@ def test_map_with_same_padding_averages_alpha_over_the_input(nd, size, kernel, d
     torch.testing.assert_close(gm, true * alpha, rtol=1e-12, atol=1e-12)
 
 
+def test_settings_changed_after_construction_are_followed():
+    """Modules normalise their arguments once, and again when a setting changes: the output
+    stays nn.Conv2d's and the input gradient the reference's after each change."""
+    torch.manual_seed(0)
+    plain = nn.Conv2d(3, 4, 3, stride=2, padding=1).double()
+    ours = strideconv.Conv2d(3, 4, 3, stride=2, padding=1).double()
+    ours.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 11, 10, dtype=torch.float64, requires_grad=True)
+    changes = [{}, dict(stride=1), dict(stride=(3, 2)), dict(padding=(0, 2)), dict(dilation=2), dict(stride=[2]),
+               dict(groups=1, correction="kernel"), dict(power=1.0), dict(correction="map"), dict(padding="valid"),
+               dict(correction="position", padding=1, stride=2)]
+    for change in changes:
+        for name, value in change.items():
+            if name not in ("correction", "power"):
+                setattr(plain, name, value)
+            setattr(ours, name, value)
+        y0, y1 = plain(x), ours(x)
+        assert torch.equal(y0, y1), change
+        g = torch.randn_like(y1)
+        (gx,) = torch.autograd.grad(y1, x, g)
+        pad = (0, 0) if plain.padding == "valid" else plain.padding
+        expected = expected_grad_input(ours.correction, ours.power, x, ours.weight, g,
+                                       nn.modules.utils._pair(plain.stride), nn.modules.utils._pair(pad),
+                                       nn.modules.utils._pair(plain.dilation), 1)
+        torch.testing.assert_close(gx, expected, rtol=1e-12, atol=1e-12, msg=str(change))
+    ours.correction = "bogus"
+    with pytest.raises(ValueError, match="correction"):
+        ours(x)
+
+
 def test_state_dict_round_trip_both_ways():
     plain, ours = pair_of_modules(CONFIGS[0])
     assert plain.state_dict().keys() == ours.state_dict().keys()
