@@ -97,13 +97,15 @@ def extensions():
         "output_factors.cpp",
         "autograd.cpp",
         "autocast.cpp",
+        "pool.cpp",
         "cpu/scale_kernels.cpp",
+        "cpu/pool_kernels.cpp",
     )
     sources = [os.path.join(ROOT, "csrc", f) for f in cpp]
     args = {"cxx": list(opt)}  # the C++ standard is chosen by cpp_extension for this torch
     if not use_cuda:
         return [CppExtension("strideconv._C", sources, extra_compile_args=args)]
-    sources.append(os.path.join(ROOT, "csrc", "cuda", "scale_kernels.cu"))
+    sources += [os.path.join(ROOT, "csrc", "cuda", f) for f in ("scale_kernels.cu", "pool_kernels.cu")]
     args["nvcc"] = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
     return [
         CUDAExtension(

@@ -320,6 +320,11 @@ TORCH_LIBRARY(strideconv, m) {
   m.def(
       "scale_border_(Tensor(a!) grad, int[] kernel_size, int[] stride, int[] padding, "
       "int[] dilation, float power, int[] output_padding=[]) -> ()");
+  // The corrected input gradient of avg_pool2d (the true one times `factor`, an (H, W) map),
+  // in one pass (a device kernel; pool.h).
+  m.def(
+      "avg_pool2d_backward_scaled(Tensor grad_output, Tensor input, int[2] kernel_size, int[2] stride, "
+      "int[2] padding, bool ceil_mode, bool count_include_pad, int? divisor_override, Tensor factor) -> Tensor");
   // Out-of-place twin of scale_border_, differentiable (double backward).
   m.def(
       "scale_border(Tensor grad, int[] kernel_size, int[] stride, int[] padding, "

@@ -2,15 +2,19 @@
 
 Average pooling is a convolution with a constant kernel, so its backward has the count map
 of a convolution (with the extra windows of ``ceil_mode``), but it has no weight to
-tap-scale: every correction is a per-position factor, applied to the whole gradient by an
-identity whose backward multiplies by a cached map (docs/design.md, "Pooling").
+tap-scale: every correction is a per-position factor. The backward applies it as it writes
+the input gradient (the compiled ``avg_pool2d_backward_scaled``: one pass, the cost of the
+plain backward); its own backward, for double backward, is the pooling of the factor times
+the incoming gradient (docs/design.md, "Pooling").
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
+import torch.nn.functional as F
 
 from .factors import _outer, axis_alpha, axis_class_counts, pool_axis_counts
 
@@ -32,9 +36,61 @@ class ScaleGrad(torch.autograd.Function):
         return grad * factor, None
 
 
+class CorrectedAvgPool2d(torch.autograd.Function):
+    """``F.avg_pool2d`` forward (bit for bit); the backward is the true input gradient times
+    ``factor``, computed in one pass by the compiled op."""
+
+    @staticmethod
+    def forward(input, factor, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+        return F.avg_pool2d(input, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, factor, *settings = inputs
+        ctx.save_for_backward(input, factor)
+        ctx.settings = settings
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, factor = ctx.saved_tensors
+        kernel, stride, padding, ceil_mode, count_include_pad, divisor_override = ctx.settings
+        batched = input.dim() == 4
+        out = torch.ops.strideconv.avg_pool2d_backward_scaled(
+            grad if batched else grad.unsqueeze(0), input if batched else input.unsqueeze(0), kernel, stride, padding,
+            ceil_mode, count_include_pad, divisor_override, factor)
+        return (out if batched else out.squeeze(0)), None, None, None, None, None, None, None
+
+
+@torch.library.register_fake("strideconv::avg_pool2d_backward_scaled")
+def _avg_pool2d_backward_scaled_fake(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                     divisor_override, factor):
+    return torch.empty_like(input)
+
+
+def _backward_setup(ctx, inputs, output):
+    _, _, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override, factor = inputs
+    ctx.save_for_backward(factor)
+    ctx.settings = (kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+
+def _backward_backward(ctx, grad_grad_input):
+    """The op is linear in grad_output: its adjoint pools the factor times the incoming gradient."""
+    (factor,) = ctx.saved_tensors
+    kernel, stride, padding, ceil_mode, count_include_pad, divisor_override = ctx.settings
+    gg = F.avg_pool2d(grad_grad_input * factor, kernel, stride, padding, ceil_mode, count_include_pad,
+                      divisor_override)
+    return gg, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("strideconv::avg_pool2d_backward_scaled", _backward_backward,
+                                setup_context=_backward_setup)
+
+
 @functools.lru_cache(maxsize=64)  # bounded; keys are small tuples, values H x W tensors
 def _factor_map(size, kernel, stride, padding, ceil_mode, correction, power, device, dtype):
-    per_axis = []
+    # The factors are checked as Python floats (the largest one per axis, multiplied), so that
+    # nothing here depends on a tensor's values and torch.compile can trace it.
+    per_axis, largest = [], 1.0
     try:
         for length, k, s, p in zip(size, kernel, stride, padding):
             c = pool_axis_counts(length, k, s, p, ceil_mode)
@@ -45,9 +101,9 @@ def _factor_map(size, kernel, stride, padding, ceil_mode, correction, power, dev
                 f = [(k / n[(i + p) % s]) ** power if ci > 0 else 0.0 for i, ci in enumerate(c)]
             else:  # "map": this axis' share of alpha
                 f = [axis_alpha(c, k, power)] * length
-            per_axis.append(torch.tensor(f, dtype=torch.float64))
-        factor = _outer(per_axis).to(dtype)
-        fits = bool(torch.isfinite(factor).all())
+            largest *= max(f, default=0.0)
+            per_axis.append(f)
+        fits = math.isfinite(largest) and largest <= torch.finfo(dtype).max
     except OverflowError:
         fits = False
     if not fits:
@@ -55,12 +111,15 @@ def _factor_map(size, kernel, stride, padding, ceil_mode, correction, power, dev
             f"strideconv: power={power} makes the {correction!r} factors of this pooling overflow "
             f"{dtype} (largest {torch.finfo(dtype).max:.6g}); use a smaller power"
         )
+    factor = _outer([torch.tensor(f, dtype=torch.float64) for f in per_axis]).to(dtype)
     return factor.to(device=device)
 
 
 def factor_map(size, kernel, stride, padding, ceil_mode, correction, power, device, dtype):
-    """The factor map that turns the true input gradient of ``avg_pool2d`` into the corrected one."""
-    return _factor_map(
+    """The factor map that turns the true input gradient of ``avg_pool2d`` into the corrected one
+    (cached in eager mode; built in the graph while torch.compile traces)."""
+    build = _factor_map.__wrapped__ if torch.compiler.is_compiling() else _factor_map
+    return build(
         tuple(size), tuple(kernel), tuple(stride), tuple(padding), bool(ceil_mode), correction,
         float(power), torch.device(device), dtype,
     )

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from . import _C
-from ._arguments import check_correction, check_power, int_arg, int_tuple, same_padding
-from ._pooling import ScaleGrad, factor_map
+from ._arguments import CORRECTIONS, check_correction, check_power, int_arg, int_tuple, same_padding
+from ._pooling import CorrectedAvgPool2d, ScaleGrad, factor_map
 from .factors import axis_alpha, axis_counts, transposed_factors
 
 __all__ = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "avg_pool2d"]
@@ -21,6 +21,8 @@ _is_compiling = torch.compiler.is_compiling
 _is_tracing = torch._C._is_tracing
 _in_onnx_export = torch.onnx.is_in_onnx_export
 _PLAIN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CHOICES = frozenset(CORRECTIONS)
+_INF = float("inf")
 _PLAIN_TRANSPOSED = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
@@ -68,6 +70,13 @@ def _conv_nd(input, weight, bias, stride, padding, dilation, groups, correction,
 
     Kept lean on purpose: on a GPU, a small convolution's time is mostly this host code.
     """
+    # The common call first: plain ints, a batched input, nothing tracing. Everything else
+    # (and every refusal) takes the general path below.
+    if (type(stride) is int and type(padding) is int and type(dilation) is int and type(groups) is int
+            and type(power) is float and 0 < power < _INF and type(correction) is str and correction in _CHOICES
+            and input.dim() == nd + 2 and _fast_path_allowed(input, weight, bias)):
+        return _C.conv(input, weight, bias, (stride,) * nd, (padding,) * nd, (dilation,) * nd, groups, correction,
+                       power)
     correction, power = check_correction(correction), check_power(power)
     batched = _check_dims(input, nd, f"conv{nd}d")
     stride, dilation = int_tuple(stride, nd, "stride"), int_tuple(dilation, nd, "dilation")
@@ -236,9 +245,12 @@ def avg_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mo
     # Only what F.avg_pool2d accepts is corrected; the rest reaches it and raises there.
     valid = len(kernel) == len(stride_) == len(pad) == 2 and min(kernel) > 0 and min(stride_) > 0 and min(pad) >= 0
     if valid and correction != "none" and input.requires_grad and torch.is_grad_enabled() and input.dim() in (3, 4):
-        factor = factor_map(
-            tuple(input.shape[-2:]), kernel, stride_, pad, ceil_mode, correction, power,
-            input.device, input.dtype,
-        )
-        input = ScaleGrad.apply(input, factor)
+        size = tuple(input.shape[-2:])
+        if input.dtype in (torch.float16, torch.bfloat16):  # refuses factors that overflow the dtype
+            factor_map(size, kernel, stride_, pad, ceil_mode, correction, power, input.device, input.dtype)
+        # applied in float32 (float64 for float64 input) and rounded once, by the compiled backward
+        factor = factor_map(size, kernel, stride_, pad, ceil_mode, correction, power, input.device,
+                            torch.float64 if input.dtype == torch.float64 else torch.float32)
+        return CorrectedAvgPool2d.apply(input, factor, kernel, stride_, pad, bool(ceil_mode), bool(count_include_pad),
+                                        divisor_override)
     return F.avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)

@@ -92,3 +92,45 @@ def test_bad_arguments_same_error_as_torch():
                 fn(x, **kwargs)
             errors.append(str(info.value))
         assert errors[0] == errors[1]
+
+
+@pytest.mark.parametrize("correction", ["position", "kernel", "map"])
+def test_layouts_dtypes_and_unbatched_input_give_the_reference(correction, device):
+    """The one-pass backward on channels_last, unbatched and reduced-precision inputs: the true
+    gradient times the factor map (computed in float64 from the definitions)."""
+    cfg = CONFIGS[1]
+    size = (13, 9)
+    torch.manual_seed(0)
+    base = torch.randn((2, 3) + size, dtype=torch.float64)
+    cases = [("channels_last", base.to(memory_format=torch.channels_last)), ("unbatched", base[0]),
+             ("float32", base.float()), ("bfloat16", base.bfloat16())]
+    for name, x in cases:
+        x = x.to(device).detach().requires_grad_(True)
+        y = avg_pool2d(x, **cfg, correction=correction)
+        assert torch.equal(y, F.avg_pool2d(x, **cfg)), name
+        g = torch.randn(y.shape, dtype=torch.float64).to(device)
+        (gx,) = torch.autograd.grad(y, x, g.to(y.dtype))
+        assert gx.dtype == x.dtype and gx.shape == x.shape, name
+        if name == "channels_last":
+            assert gx.is_contiguous(memory_format=torch.channels_last)
+        xd = x.detach().double().requires_grad_(True)
+        (true,) = torch.autograd.grad(F.avg_pool2d(xd, **cfg), xd, g)
+        batched = true if true.dim() == 4 else true.unsqueeze(0)
+        want = expected(correction, 0.5, batched.cpu(), size, cfg).reshape(true.shape)
+        tol = dict(rtol=1e-2, atol=1e-2) if name == "bfloat16" else dict(rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gx.double().cpu(), want, **tol, msg=name)
+
+
+def test_compile_fullgraph_and_opcheck():
+    x = torch.randn(2, 3, 10, 9, requires_grad=True)
+
+    def fn(t):
+        return avg_pool2d(t, 3, 2, 1, correction="position").square().sum()
+
+    (eager,) = torch.autograd.grad(fn(x), x)
+    (compiled,) = torch.autograd.grad(torch.compile(fn, fullgraph=True)(x), x)
+    torch.testing.assert_close(compiled, eager)
+    factor = torch.rand(10, 9) + 0.5
+    g = torch.randn(2, 3, 5, 5)
+    torch.library.opcheck(torch.ops.strideconv.avg_pool2d_backward_scaled.default,
+                          (g, x.detach(), [3, 3], [2, 2], [1, 1], False, True, None, factor))
