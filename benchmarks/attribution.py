@@ -28,15 +28,13 @@ its 95% t-interval. Writes attribution.md, .json and attribution.png into --out.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 
 import torch
 import torch.nn.functional as F
 
-from common import describe, paired, paired_cell, parse_seeds, tqdm
+from common import describe, paired, paired_cell, study_arguments, tqdm, write_study
 from digit_cnn import accuracy, pooled_cnn, strided_cnn, train, variants
 from digits import load_digits28, pasted_digits
 
@@ -232,19 +230,11 @@ def report(meta, sizes, seeds, records, stats, floors) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--seeds", default=None, help="a count (10), a range (100-109) or a list (0,4,7); "
-                        "default 10, 2 with --quick")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
-    args = parser.parse_args(argv)
-    seeds = parse_seeds(args.seeds or ("2" if args.quick else "10"))
+    args, seeds = study_arguments(__doc__, argv)
     if args.quick:
         sizes = dict(epochs=1, canvas_epochs=1, images=24, samples=4, steps=4, points=9, canvas_train=700)
     else:
         sizes = dict(epochs=6, canvas_epochs=12, images=300, samples=16, steps=16, points=17, canvas_train=3500)
-    os.makedirs(args.out, exist_ok=True)
     data = load_digits28()
     train_split = data.train._replace(x=data.train.x[: sizes["canvas_train"]], y=data.train.y[: sizes["canvas_train"]])
     pasted = (pasted_digits(train_split, data.train, seed=1), pasted_digits(data.test, data.val, seed=2))
@@ -259,12 +249,8 @@ def main(argv=None):
     meta = describe(args.device, "benchmarks/attribution.py", argv)
     picture(os.path.join(args.out, "attribution.png"), example)
     text = report(meta, sizes, seeds, records, stats, floors)
-    with open(os.path.join(args.out, "attribution.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(args.out, "attribution.json"), "w") as f:
-        json.dump(dict(meta=meta, sizes=sizes, seeds=seeds, records=records, stats=stats, floors=floors,
-                       variants=VARIANTS, methods=METHODS), f, indent=1)
-    print(text)
+    write_study(args.out, "attribution", text, dict(meta=meta, sizes=sizes, seeds=seeds, records=records, stats=stats,
+                                                   floors=floors, variants=VARIANTS, methods=METHODS))
 
 
 if __name__ == "__main__":

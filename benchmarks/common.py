@@ -5,9 +5,11 @@ No benchmark module imports another's script; they all import this one.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import ctypes.util
 import datetime
+import json
 import math
 import os
 import platform
@@ -109,8 +111,9 @@ class ThreadCPUClock:
 
 
 def paired_rounds(calls: Dict[str, object], reference: str, clock, rounds: int, reps: int, seed: int = 0) -> dict:
-    """Per variant, the seconds per call of every round and, against `reference`, the median and
-    quartiles of the per-round differences. Every round times each variant once, in a freshly
+    """Per variant, the median seconds per call and, against `reference`, the median and quartiles
+    of the per-round differences, the ratio of the medians and the quartiles of the per-round
+    ratios. Every round times each variant once, in a freshly
     shuffled order, so drifts of the machine and position in the round hit all variants alike."""
     for fn in calls.values():
         fn()
@@ -120,12 +123,16 @@ def paired_rounds(calls: Dict[str, object], reference: str, clock, rounds: int, 
         rng.shuffle(order)
         for n in order:
             times[n].append(clock(calls[n], reps))
+    def quartiles(values):
+        return statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+
     out = {}
     for n, ts in times.items():
-        diffs = sorted(t - r for t, r in zip(ts, times[reference]))
-        q = statistics.quantiles(diffs, n=4) if len(diffs) > 1 else [diffs[0]] * 3
-        out[n] = dict(median=statistics.median(ts), extra=statistics.median(diffs), extra_q1=q[0], extra_q3=q[2],
-                      ratio=statistics.median(ts) / statistics.median(times[reference]))
+        diffs = [t - r for t, r in zip(ts, times[reference])]
+        ratios = [t / r for t, r in zip(ts, times[reference])]
+        dq, rq = quartiles(diffs), quartiles(ratios)
+        out[n] = dict(median=statistics.median(ts), extra=statistics.median(diffs), extra_q1=dq[0], extra_q3=dq[2],
+                      ratio=statistics.median(ts) / statistics.median(times[reference]), ratio_q1=rq[0], ratio_q3=rq[2])
     return out
 
 
@@ -178,6 +185,29 @@ def mean_std(values: List[float]) -> Tuple[float, float]:
 
 
 # ----- seeds and paired statistics ------------------------------------------------------------
+
+def study_arguments(doc: str, argv) -> tuple:
+    """The command line every seeded study shares (--device, --quick, --seeds, --out): the parsed
+    arguments, with --out created, and the seed list (10 seeds, 2 with --quick)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seeds", default=None, help="a count (10), a range (100-109) or a list (0,4,7); "
+                        "default 10, 2 with --quick")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    return args, parse_seeds(args.seeds or ("2" if args.quick else "10"))
+
+
+def write_study(out_dir: str, name: str, text: str, record: dict) -> None:
+    """A study's report (name.md) and record (name.json) into out_dir; the report is printed too."""
+    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    print(text)
+
 
 def parse_seeds(text: str) -> List[int]:
     """A seed list from the command line: "10" (seeds 0-9), "100-109" (inclusive) or "0,4,7"."""

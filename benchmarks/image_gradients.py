@@ -20,15 +20,13 @@ its 95% t-interval. Writes image_gradients.md, .json and image_gradients.png int
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 
 import torch
 import torch.nn.functional as F
 
-from common import describe, paired, paired_cell, parse_seeds, tqdm
+from common import describe, paired, paired_cell, study_arguments, tqdm, write_study
 from digit_cnn import GRADIENTS, accuracy, corrected, pattern, phase_equalised, strided_cnn, train
 from digits import load_digits28
 
@@ -174,16 +172,8 @@ def report(meta, sizes, seeds, records, stats, real) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--seeds", default=None, help="a count (10), a range (100-109) or a list (0,4,7); "
-                        "default 10, 2 with --quick")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
-    args = parser.parse_args(argv)
-    seeds = parse_seeds(args.seeds or ("2" if args.quick else "10"))
+    args, seeds = study_arguments(__doc__, argv)
     sizes = dict(epochs=1, images=64, samples=4) if args.quick else dict(epochs=6, images=1000, samples=SMOOTHGRAD["samples"])
-    os.makedirs(args.out, exist_ok=True)
     data = load_digits28()
     records, example = [], None
     for seed in tqdm(seeds, desc="image-gradient seeds", file=sys.stdout):
@@ -196,12 +186,8 @@ def main(argv=None):
     meta = describe(args.device, "benchmarks/image_gradients.py", argv)
     picture(os.path.join(args.out, "image_gradients.png"), example)
     text = report(meta, sizes, seeds, records, stats, real)
-    with open(os.path.join(args.out, "image_gradients.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(args.out, "image_gradients.json"), "w") as f:
-        json.dump(dict(meta=meta, sizes=sizes, seeds=seeds, variants=VARIANTS, records=records, stats=stats,
-                       real=real), f, indent=1)
-    print(text)
+    write_study(args.out, "image_gradients", text, dict(meta=meta, sizes=sizes, seeds=seeds, variants=VARIANTS,
+                                                       records=records, stats=stats, real=real))
 
 
 if __name__ == "__main__":

@@ -34,9 +34,6 @@ Writes image_optimisation.md, .json and image_optimisation.png into --out.
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import os
 import sys
 
@@ -44,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import describe, paired, paired_cell, parse_seeds, tqdm
+from common import describe, paired, paired_cell, study_arguments, tqdm, write_study
 from digit_cnn import pattern, strided_cnn, train, variants
 from digits import load_digits28
 from strideconv.metrics import azimuthal_spectrum, harmonic_energy_ratio
@@ -232,18 +229,10 @@ def report(meta, sizes, seeds, stats, scorer_accuracy, real) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--seeds", default=None, help="a count (10), a range (100-109) or a list (0,4,7); "
-                        "default 10, 2 with --quick")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
-    args = parser.parse_args(argv)
-    seeds = parse_seeds(args.seeds or ("2" if args.quick else "10"))
+    args, seeds = study_arguments(__doc__, argv)
     steps = 20 if args.quick else 200
     sizes = dict(epochs=1 if args.quick else 6, steps=steps,
                  checkpoints=sorted({s for s in (10, 25, 50, 100, 200) if s <= steps} | {steps}))
-    os.makedirs(args.out, exist_ok=True)
     data = load_digits28()
     dev = args.device
     scorer = train(scorer_cnn().to(dev), data.train.x.to(dev), data.train.y.to(dev), sizes["epochs"], seed=10_000)
@@ -261,13 +250,9 @@ def main(argv=None):
     meta = describe(dev, "benchmarks/image_optimisation.py", argv)
     picture(os.path.join(args.out, "image_optimisation.png"), example)
     text = report(meta, sizes, seeds, stats, scorer_accuracy, real)
-    with open(os.path.join(args.out, "image_optimisation.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(args.out, "image_optimisation.json"), "w") as f:
-        json.dump(dict(meta=meta, sizes=sizes, seeds=seeds, methods=METHODS, tasks=list(TASKS), records=records,
-                       stats=stats, scorer_accuracy=scorer_accuracy,
-                       real=dict(harmonic=real["harmonic"], spectrum=real["spectrum"].tolist())), f, indent=1)
-    print(text)
+    write_study(args.out, "image_optimisation", text, dict(
+        meta=meta, sizes=sizes, seeds=seeds, methods=METHODS, tasks=list(TASKS), records=records, stats=stats,
+        scorer_accuracy=scorer_accuracy, real=dict(harmonic=real["harmonic"], spectrum=real["spectrum"].tolist())))
 
 
 if __name__ == "__main__":

@@ -22,8 +22,6 @@ import argparse
 import copy
 import json
 import os
-import random
-import statistics
 import sys
 from contextlib import nullcontext
 
@@ -33,7 +31,7 @@ from torch import nn
 
 import strideconv
 
-from common import ThreadCPUClock, Timer, describe, tqdm
+from common import ThreadCPUClock, Timer, describe, paired_rounds, tqdm
 
 
 # ----- the models -----------------------------------------------------------------------------
@@ -189,21 +187,13 @@ def build_pair(spec, batch, device, cuda):
     return plain, converted, x, target, kind
 
 
-def measure(steps, clock, rounds, reps, seed=0):
-    """Median seconds per step of each variant and the quartiles of the per-round ratios to
-    'plain', in shuffled interleaved rounds (after one warm-up call each)."""
-    for fn in steps.values():
-        fn()
-    order, rng = list(steps), random.Random(seed)
-    times = {n: [] for n in steps}
-    for _ in range(rounds):
-        rng.shuffle(order)
-        for n in order:
-            times[n].append(clock(steps[n], reps))
-    ratios = [c / p for c, p in zip(times["converted"], times["plain"])]
-    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-    return dict(plain_ms=1e3 * statistics.median(times["plain"]), converted_ms=1e3 * statistics.median(times["converted"]),
-                ratio=statistics.median(times["converted"]) / statistics.median(times["plain"]), q1=q[0], q3=q[2])
+def measure(steps, clock, rounds, reps):
+    """Median ms per step of plain and converted, and the converted / plain ratio with the
+    quartiles of the per-round ratios (shuffled interleaved rounds; common.paired_rounds)."""
+    r = paired_rounds(steps, "plain", clock, rounds, reps)
+    c = r["converted"]
+    return dict(plain_ms=1e3 * r["plain"]["median"], converted_ms=1e3 * c["median"], ratio=c["ratio"],
+                q1=c["ratio_q1"], q3=c["ratio_q3"])
 
 
 def run(device, quick, modes, names=None, compile_names=None):

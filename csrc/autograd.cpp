@@ -116,6 +116,17 @@ struct ConvNode : Node {
     input_.reset_data();
     weight_.reset_data();
   }
+
+  // The gradients of input, weight and bias for the incoming `grad`, each where wanted.
+  virtual variable_list gradients(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
+                                  bool need_input, bool need_weight, bool need_bias) = 0;
+
+  variable_list apply(variable_list&& grads) final {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!grads[0].defined()) return variable_list(3);
+    return gradients(grads[0], input_.unpack(), weight_.unpack(), task_should_compute_output(0),
+                     task_should_compute_output(1), has_bias && task_should_compute_output(2));
+  }
 };
 
 // ----- conv ------------------------------------------------------------------------------------
@@ -137,14 +148,8 @@ struct ConvBackward final : ConvNode {
     full_weight_.reset_data();
   }
 
-  variable_list apply(variable_list&& grads) override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    variable_list out(3);
-    const at::Tensor& grad = grads[0];
-    if (!grad.defined()) return out;
-    const bool need_input = task_should_compute_output(0), need_weight = task_should_compute_output(1),
-               need_bias = has_bias && task_should_compute_output(2);
-    const at::Tensor input = input_.unpack(), weight = weight_.unpack();
+  variable_list gradients(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
+                          bool need_input, bool need_weight, bool need_bias) override {
     const bool corrected = need_input && o.correction != Correction::None;
     const auto kernel_size = weight.sizes().slice(2);
     // Without create_graph nothing here needs a graph: call the kernels below the
@@ -187,10 +192,7 @@ struct ConvBackward final : ConvNode {
                            o.power);
       }
     }
-    out[0] = std::move(grad_input);
-    out[1] = std::move(grad_weight);
-    out[2] = std::move(grad_bias);
-    return out;
+    return {std::move(grad_input), std::move(grad_weight), std::move(grad_bias)};
   }
 };
 
@@ -204,14 +206,8 @@ struct ConvBackward final : ConvNode {
 struct ConvTransposeBackward final : ConvNode {
   std::string name() const override { return "strideconv::ConvTransposeBackward"; }
 
-  variable_list apply(variable_list&& grads) override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    variable_list out(3);
-    const at::Tensor& grad = grads[0];
-    if (!grad.defined()) return out;
-    const bool need_input = task_should_compute_output(0), need_weight = task_should_compute_output(1),
-               need_bias = has_bias && task_should_compute_output(2);
-    const at::Tensor input = input_.unpack(), weight = weight_.unpack();
+  variable_list gradients(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
+                          bool need_input, bool need_weight, bool need_bias) override {
     const bool position = o.correction == Correction::Position;
     const auto kernel_size = weight.sizes().slice(2);
     const bool differentiable = at::GradMode::is_enabled();  // create_graph=True
@@ -257,10 +253,7 @@ struct ConvTransposeBackward final : ConvNode {
           {need_input, need_weight, need_bias});
       if (need_weight && scaled) grad_weight = scale(grad_weight);
     }
-    out[0] = std::move(grad_input);
-    out[1] = std::move(grad_weight);
-    out[2] = std::move(grad_bias);
-    return out;
+    return {std::move(grad_input), std::move(grad_weight), std::move(grad_bias)};
   }
 };
 
