@@ -1,5 +1,6 @@
 // CPU kernel of avg_pool2d_backward_scaled: the corrected input gradient of average pooling
-// in one pass (pool.h), one (batch, channel) plane per task.
+// in one pass over memory (pool.h), one (batch, channel) plane per task: the windows scatter
+// into an accumulator of one plane (in cache), which is scaled as it is written out.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -8,6 +9,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "../pool.h"
 
@@ -30,18 +32,36 @@ at::Tensor avg_pool2d_backward_scaled(
     using opmath_t = at::opmath_type<scalar_t>;
     const at::Tensor f = factor.to(c10::CppTypeToScalarType<opmath_t>::value).contiguous();
     const opmath_t* fac = f.const_data_ptr<opmath_t>();
+    // 1 / divisor of every window, once per call (the same for every plane).
+    std::vector<opmath_t> inverse(out_plane);
+    for (int64_t oh = 0; oh < p.out_height; ++oh)
+      for (int64_t ow = 0; ow < p.out_width; ++ow)
+        inverse[oh * p.out_width + ow] = opmath_t(1) / static_cast<opmath_t>(p.divisor(oh, ow));
     const scalar_t* src = grad.const_data_ptr<scalar_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
+    // Per plane: each window adds its share to the positions it reads (an accumulator of one
+    // plane, in cache), then each position is multiplied by its factor as it is written out.
     at::parallel_for(0, planes, std::max<int64_t>(1, 16384 / std::max<int64_t>(plane, 1)), [&](int64_t first, int64_t last) {
+      std::vector<opmath_t> acc(plane);
       for (int64_t q = first; q < last; ++q) {
+        std::fill(acc.begin(), acc.end(), opmath_t(0));
         const scalar_t* g = src + q * out_plane;
-        scalar_t* o = dst + q * plane;
-        for (int64_t h = 0; h < p.height; ++h) {
-          for (int64_t w = 0; w < p.width; ++w) {
-            const int64_t i = h * p.width + w;
-            o[i] = static_cast<scalar_t>(fac[i] * p.gather<opmath_t>(g, p.out_width, 1, h, w));
+        for (int64_t oh = 0; oh < p.out_height; ++oh) {
+          const int64_t h0 = std::max<int64_t>(oh * p.stride_h - p.pad_h, 0);
+          const int64_t h1 = std::min<int64_t>(oh * p.stride_h - p.pad_h + p.kernel_h, p.height);
+          for (int64_t ow = 0; ow < p.out_width; ++ow) {
+            const int64_t w0 = std::max<int64_t>(ow * p.stride_w - p.pad_w, 0);
+            const int64_t w1 = std::min<int64_t>(ow * p.stride_w - p.pad_w + p.kernel_w, p.width);
+            const int64_t o = oh * p.out_width + ow;
+            const opmath_t v = static_cast<opmath_t>(g[o]) * inverse[o];
+            for (int64_t h = h0; h < h1; ++h) {
+              opmath_t* row = acc.data() + h * p.width;
+              for (int64_t w = w0; w < w1; ++w) row[w] += v;
+            }
           }
         }
+        scalar_t* o = dst + q * plane;
+        for (int64_t i = 0; i < plane; ++i) o[i] = static_cast<scalar_t>(acc[i] * fac[i]);
       }
     });
   });
