@@ -103,13 +103,21 @@ def extensions():
     )
     sources = [os.path.join(ROOT, "csrc", f) for f in cpp]
     args = {"cxx": list(opt)}  # the C++ standard is chosen by cpp_extension for this torch
+    # at::parallel_for runs on OpenMP in torch's Linux builds, and its header-inline loop only
+    # splits work when the extension is compiled with OpenMP too (otherwise every CPU kernel of
+    # ours runs on one thread). The runtime is torch's own libgomp, already loaded.
+    link = []
+    if sys.platform.startswith("linux"):
+        args["cxx"].append("-fopenmp")
+        link.append("-fopenmp")
     if not use_cuda:
-        return [CppExtension("strideconv._C", sources, extra_compile_args=args)]
+        return [CppExtension("strideconv._C", sources, extra_compile_args=args, extra_link_args=link)]
     sources += [os.path.join(ROOT, "csrc", "cuda", f) for f in ("scale_kernels.cu", "pool_kernels.cu")]
     args["nvcc"] = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
     return [
         CUDAExtension(
-            "strideconv._C", sources, include_dirs=_wheel_cuda_includes(), extra_compile_args=args
+            "strideconv._C", sources, include_dirs=_wheel_cuda_includes(), extra_compile_args=args,
+            extra_link_args=link,
         )
     ]
 

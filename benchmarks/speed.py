@@ -125,9 +125,8 @@ POOLS = [
 
 
 def pool_table(device, quick):
-    """fwd+bwd time of strideconv.functional.avg_pool2d against F.avg_pool2d: the pooling
-    correction multiplies the whole input gradient by a cached factor map (one elementwise
-    pass), where the convolutions touch only the border band."""
+    """fwd+bwd time of strideconv.functional.avg_pool2d against F.avg_pool2d: the corrected
+    backward applies a factor per input position as it writes the input gradient."""
     cuda = device.startswith("cuda")
     batch = (8 if quick else 32) if cuda else (1 if quick else 2)
     rounds, reps = (3, 2) if quick else ((15, 10) if cuda else (15, 3))
@@ -234,8 +233,8 @@ def report_section(rows, meta, overhead_rows=(), overhead_meta=None, pool_rows=(
         lines += [
             "", "## Average pooling", "",
             "`strideconv.functional.avg_pool2d` against `F.avg_pool2d`, fwd+bwd with the input gradient, same "
-            "rounds as above. Every pooling correction multiplies the whole input gradient by a cached "
-            "factor map (pooling has no weight to tap-scale), so it costs one elementwise pass.", "",
+            "rounds as above. Pooling has no weight to tap-scale: every correction is a factor per input "
+            "position, which the backward applies as it writes the input gradient (one pass).", "",
             "| shape | batch | variant | fwd+bwd ms | ratio |",
             "|---|---|---|---|---|",
         ]
