@@ -34,7 +34,7 @@ from strideconv.metrics import azimuthal_spectrum, harmonic_energy_ratio
 
 from common import describe, mean_std, tqdm
 from digits import load_digits28
-from image_gradients import train as train_classifier
+from digit_cnn import strided_cnn, train
 
 Z = 32
 
@@ -140,7 +140,7 @@ def main(argv=None):
     dev = args.device
     data = load_digits28()
     real = (data.train.x * 2 - 1).to(dev)
-    classifier = train_classifier(0, data, 1 if args.quick else 6, "cpu")
+    classifier = train(strided_cnn(28), data.train.x, data.train.y, 1 if args.quick else 6, seed=0)
     with torch.no_grad():
         classifier_acc = (classifier(data.test.x).argmax(1) == data.test.y).float().mean().item()
     real_harmonic = harmonic_energy_ratio(data.test.x[:n], 2)

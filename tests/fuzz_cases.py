@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import strideconv
-from reference import expected_conv_transpose, expected_grad_input
+from reference import count_map_by_autograd, expected_conv_transpose, expected_grad_input
 
 PLAIN_F = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 OURS_F = {1: strideconv.functional.conv1d, 2: strideconv.functional.conv2d, 3: strideconv.functional.conv3d}
@@ -135,9 +135,18 @@ def _reference_grad(case, x, weight, grad_out):
     batched = x.dim() == nd + 2
     xpb = xp if batched else xp.unsqueeze(0)
     go = (grad_out if batched else grad_out.unsqueeze(0)).double()
-    g = expected_grad_input(case["correction"], float(case["power"]), xpb, weight, go, stride, conv_padding,
+    correction, power = case["correction"], float(case["power"])
+    same_map = padding == "same" and correction == "map" and xpb.shape[2:] != (xr.shape[2:] if batched else
+                                                                              xr.shape[1:])
+    g = expected_grad_input("none" if same_map else correction, power, xpb, weight, go, stride, conv_padding,
                             dilation, int(case["groups"]))
     (out,) = torch.autograd.grad(xpb, xr, g)
+    if same_map:  # alpha is a mean over the input's positions, not the padded tensor's extra zeros
+        counts = count_map_by_autograd(xpb.shape[2:], kernel, stride, conv_padding, dilation)
+        counts = counts[tuple(slice(0, n) for n in out.shape[-nd:])]
+        mean = (counts ** (2 * power)).mean()
+        if mean > 0:
+            out = out * (float(torch.tensor(kernel).prod()) ** power / mean.sqrt())
     return out
 
 
