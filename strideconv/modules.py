@@ -193,7 +193,35 @@ class _ConvTransposeNd(_Corrected):
         return self._eager_conv_transpose(input, output_size)
 
     @torch.jit.unused
+    def _op_arguments(self):
+        """The op's arguments (stride, padding, output_padding, dilation, groups, correction,
+        power) for a call without ``output_size``, normalised once and again only when a setting
+        they come from changes; None where the call needs the general path."""
+        key = (self.stride, self.padding, self.output_padding, self.dilation, self.groups, self.padding_mode,
+               self.correction, self.power)
+        cached = self.__dict__.get("_op_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        args = None
+        if self.padding_mode == "zeros":
+            try:
+                nd = self._nd
+                args = (int_tuple(self.stride, nd, "stride"), int_tuple(self.padding, nd, "padding"),
+                        int_tuple(self.output_padding, nd, "output_padding"), int_tuple(self.dilation, nd, "dilation"),
+                        int_arg(self.groups, "groups"), check_correction(self.correction), check_power(self.power))
+            except (TypeError, ValueError, RuntimeError):
+                args = None  # the general path raises what torch.nn.ConvTranspose would
+        self.__dict__["_op_cache"] = (key, args)
+        return args
+
+    @torch.jit.unused
     def _eager_conv_transpose(self, input: torch.Tensor, output_size: Optional[List[int]]) -> torch.Tensor:
+        if output_size is None:
+            args = self._op_arguments()
+            if args is not None and input.dim() == self._nd + 2 and _fast_path_allowed(input, self.weight, self.bias):
+                stride, padding, output_padding, dilation, groups, correction, power = args
+                return _C.conv_transpose(input, self.weight, self.bias, stride, padding, output_padding, dilation,
+                                         groups, correction, power)
         if self.padding_mode != "zeros":  # torch's check and words
             raise ValueError(f'Only "zeros" padding mode is supported for {self._torch_name}')
         output_padding = self._output_padding(

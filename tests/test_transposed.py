@@ -308,3 +308,24 @@ def test_meta_tensors_give_torch_shapes():
     w = torch.empty(4, 3, 3, 3, device="meta")
     y = torch.ops.strideconv.conv_transpose(x, w, None, [2], [1], [1], [1], 1, "position", 0.5)
     assert y.shape == F.conv_transpose2d(torch.zeros(2, 4, 5, 6), torch.zeros(4, 3, 3, 3), None, 2, 1, 1).shape
+
+
+def test_settings_changed_after_construction_are_followed():
+    """The modules normalise their arguments once, and again when a setting changes: the output
+    stays the reference's after each change (with output_size too)."""
+    torch.manual_seed(0)
+    m = strideconv.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1).double()
+    x = torch.randn(2, 4, 5, 6, dtype=torch.float64)
+    changes = [{}, dict(stride=(3, 2)), dict(output_padding=(0, 1)), dict(padding=0), dict(dilation=2),
+               dict(correction="kernel"), dict(power=1.0), dict(correction="none"), dict(stride=[2], correction="map")]
+    for change in changes:
+        for name, value in change.items():
+            setattr(m, name, value)
+        nd2 = lambda v: tuple(v) * (2 // len(v)) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+        want = expected_conv_transpose(m.correction, m.power, x, m.weight, m.bias, nd2(m.stride), nd2(m.padding),
+                                       nd2(m.output_padding), 1, nd2(m.dilation))
+        torch.testing.assert_close(m(x), want, rtol=1e-12, atol=1e-12, msg=str(change))
+    m.stride, m.padding, m.dilation = (2, 2), (0, 0), (2, 2)  # torch's output_size path indexes these
+    size = [2 * (5 - 1) + 1 + 2 * 2, 2 * (6 - 1) + 1 + 2 * 2]  # output_size overrides output_padding: 0 here
+    want = expected_conv_transpose(m.correction, m.power, x, m.weight, m.bias, (2, 2), (0, 0), (0, 0), 1, (2, 2))
+    torch.testing.assert_close(m(x, output_size=size), want, rtol=1e-12, atol=1e-12)
