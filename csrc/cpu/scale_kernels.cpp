@@ -9,6 +9,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <utility>
 #include <vector>
 
 #include "../options.h"
@@ -36,12 +40,52 @@ void band_entries(const at::Tensor& grad, const Geometry& g, double power,
   }
 }
 
+template <typename opmath_t>
+struct BandEntries {
+  std::vector<int64_t> offsets;
+  std::vector<opmath_t> factors;
+};
+
+// The band entries of a geometry, power and spatial memory layout, built once and kept in a
+// small cache (bounded, thread-safe): a layer's backward finds them built. Never destroyed,
+// like the factor caches (nothing to free at process exit).
+template <typename opmath_t>
+std::shared_ptr<const BandEntries<opmath_t>> cached_band_entries(const at::Tensor& grad, const Geometry& g,
+                                                                 double power) {
+  using Key = std::pair<std::vector<int64_t>, double>;
+  using Entry = std::pair<Key, std::shared_ptr<const BandEntries<opmath_t>>>;
+  static auto* mutex = new std::mutex();
+  static auto* cache = new std::list<Entry>();  // most recently used first
+  constexpr size_t kBandCacheSize = 32;
+  Key key{{}, power};
+  for (int d = 0; d < g.ndim; ++d) {
+    const Axis& a = g.axis[d];
+    key.first.insert(key.first.end(), {a.length, a.kernel, a.stride, a.padding, a.dilation, a.output_padding,
+                                       grad.stride(2 + d)});
+  }
+  {
+    std::lock_guard<std::mutex> lock(*mutex);
+    for (auto it = cache->begin(); it != cache->end(); ++it) {
+      if (it->first == key) {
+        cache->splice(cache->begin(), *cache, it);
+        return it->second;
+      }
+    }
+  }
+  auto built = std::make_shared<BandEntries<opmath_t>>();
+  band_entries(grad, g, power, built->offsets, built->factors);
+  std::lock_guard<std::mutex> lock(*mutex);
+  cache->emplace_front(std::move(key), built);
+  if (cache->size() > kBandCacheSize) cache->pop_back();
+  return built;
+}
+
 template <typename scalar_t>
 void scale_band(at::Tensor& grad, const Geometry& g, double power) {
   using opmath_t = at::opmath_type<scalar_t>;
-  std::vector<int64_t> offsets;
-  std::vector<opmath_t> factors;
-  band_entries(grad, g, power, offsets, factors);
+  const auto band = cached_band_entries<opmath_t>(grad, g, power);
+  const std::vector<int64_t>& offsets = band->offsets;
+  const std::vector<opmath_t>& factors = band->factors;
   const int64_t entries = static_cast<int64_t>(offsets.size());
   if (entries == 0) return;
   const int64_t batch = grad.size(0), channels = grad.size(1);
