@@ -294,8 +294,6 @@ struct ScaleBorderBackward final : Node {
   }
 };
 
-std::vector<int64_t> to_vector(at::IntArrayRef list) { return list.vec(); }
-
 // ----- the Autograd kernels ----------------------------------------------------------------------
 
 template <class NodeT>
@@ -387,10 +385,10 @@ at::Tensor scale_weight_autograd(
       [&] { return call_scale_weight(weight, input_size, stride, padding, dilation, correction, power, output_padding); },
       [&](ScaleWeightBackward& n) {
         n.input_size = input_size.vec();
-        n.stride = to_vector(stride);
-        n.padding = to_vector(padding);
-        n.dilation = to_vector(dilation);
-        n.output_padding = to_vector(output_padding);
+        n.stride = stride.vec();
+        n.padding = padding.vec();
+        n.dilation = dilation.vec();
+        n.output_padding = output_padding.vec();
         n.correction = std::string(correction);
         n.power = power;
       });
@@ -401,8 +399,8 @@ at::Tensor scale_taps_autograd(
   return record_scaling<ScaleTapsBackward>(
       weight, [&] { return call_scale_taps(weight, stride, dilation, power); },
       [&](ScaleTapsBackward& n) {
-        n.stride = to_vector(stride);
-        n.dilation = to_vector(dilation);
+        n.stride = stride.vec();
+        n.dilation = dilation.vec();
         n.power = power;
       });
 }
@@ -414,11 +412,11 @@ at::Tensor scale_border_autograd(
   return record_scaling<ScaleBorderBackward>(
       grad, [&] { return call_scale_border(grad, kernel_size, stride, padding, dilation, power, output_padding); },
       [&](ScaleBorderBackward& n) {
-        n.kernel_size = to_vector(kernel_size);
-        n.stride = to_vector(stride);
-        n.padding = to_vector(padding);
-        n.dilation = to_vector(dilation);
-        n.output_padding = to_vector(output_padding);
+        n.kernel_size = kernel_size.vec();
+        n.stride = stride.vec();
+        n.padding = padding.vec();
+        n.dilation = dilation.vec();
+        n.output_padding = output_padding.vec();
         n.power = power;
       });
 }

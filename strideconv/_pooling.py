@@ -111,12 +111,14 @@ def _factor_map(size, kernel, stride, padding, ceil_mode, correction, power, dev
             f"strideconv: power={power} makes the {correction!r} factors of this pooling overflow "
             f"{dtype} (largest {torch.finfo(dtype).max:.6g}); use a smaller power"
         )
-    factor = _outer([torch.tensor(f, dtype=torch.float64) for f in per_axis]).to(dtype)
-    return factor.to(device=device)
+    # applied in float32 (float64 for float64 input) and rounded once, by the compiled backward
+    factor = _outer([torch.tensor(f, dtype=torch.float64) for f in per_axis])
+    return factor.to(device=device, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
 
 
 def factor_map(size, kernel, stride, padding, ceil_mode, correction, power, device, dtype):
-    """The factor map that turns the true input gradient of ``avg_pool2d`` into the corrected one
+    """The factor map that turns the true input gradient of ``avg_pool2d`` (of ``dtype``) into the
+    corrected one, in float32 (float64 for float64), refused if a factor overflows ``dtype``
     (cached in eager mode; built in the graph while torch.compile traces)."""
     build = _factor_map.__wrapped__ if torch.compiler.is_compiling() else _factor_map
     return build(

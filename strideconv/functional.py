@@ -89,7 +89,7 @@ def _conv_nd(input, weight, bias, stride, padding, dilation, groups, correction,
     # torch.jit traces, or when a __torch_function__ override is in play; otherwise the
     # unboxed binding of the same operator.
     call = _C.conv
-    if _is_compiling() or _is_tracing() or _has_torch_function(input, weight, bias):
+    if not _fast_path_allowed(input, weight, bias):
         if _in_onnx_export():  # ONNX exporters trace: give them the plain convolution, a standard Conv
             return _PLAIN[nd](input, weight, bias, stride, padding, dilation, groups)
         call = _conv_op
@@ -156,7 +156,7 @@ def _conv_transpose_nd(input, weight, bias, stride, padding, output_padding, gro
     output_padding = int_tuple(output_padding, nd, "output_padding")
     dilation, groups = int_tuple(dilation, nd, "dilation"), int_arg(groups, "groups")
     call = _C.conv_transpose
-    if _is_compiling() or _is_tracing() or _has_torch_function(input, weight, bias):
+    if not _fast_path_allowed(input, weight, bias):
         if _in_onnx_export():  # ONNX: the same function in standard ops (ConvTranspose, Mul, Add)
             return _plain_ops_conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation,
                                              correction, power, nd)
@@ -245,12 +245,8 @@ def avg_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mo
     # Only what F.avg_pool2d accepts is corrected; the rest reaches it and raises there.
     valid = len(kernel) == len(stride_) == len(pad) == 2 and min(kernel) > 0 and min(stride_) > 0 and min(pad) >= 0
     if valid and correction != "none" and input.requires_grad and torch.is_grad_enabled() and input.dim() in (3, 4):
-        size = tuple(input.shape[-2:])
-        if input.dtype in (torch.float16, torch.bfloat16):  # refuses factors that overflow the dtype
-            factor_map(size, kernel, stride_, pad, ceil_mode, correction, power, input.device, input.dtype)
-        # applied in float32 (float64 for float64 input) and rounded once, by the compiled backward
-        factor = factor_map(size, kernel, stride_, pad, ceil_mode, correction, power, input.device,
-                            torch.float64 if input.dtype == torch.float64 else torch.float32)
+        factor = factor_map(tuple(input.shape[-2:]), kernel, stride_, pad, ceil_mode, correction, power,
+                            input.device, input.dtype)
         return CorrectedAvgPool2d.apply(input, factor, kernel, stride_, pad, bool(ceil_mode), bool(count_include_pad),
                                         divisor_override)
     return F.avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)

@@ -34,6 +34,23 @@ class _Corrected:
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, correction={self.correction!r}, power={self.power}"
 
+    @torch.jit.unused
+    def _op_arguments(self):
+        """The op's arguments, normalised from the settings once and again only when one of them
+        changes (a user may set ``conv.stride = 2`` after construction, as with torch.nn's
+        layers); None where the call needs the general path (``_normalised`` says which), or for
+        settings it will refuse there, in torch's words."""
+        key = self._settings()
+        cached = self.__dict__.get("_op_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            args = self._normalised(*key)
+        except (TypeError, ValueError, RuntimeError):
+            args = None
+        self.__dict__["_op_cache"] = (key, args)
+        return args
+
 
 class _ConvNd(_Corrected):
     """``_conv_forward`` of ``torch.nn.Conv{1,2,3}d`` through the compiled op."""
@@ -70,26 +87,18 @@ class _ConvNd(_Corrected):
         return self._eager_conv(input, weight, bias)
 
     @torch.jit.unused
-    def _op_arguments(self):
-        """The op's arguments (stride, padding, dilation, groups, correction, power), normalised
-        once and again only when one of the settings they come from changes (a user may set
-        ``conv.stride = 2`` after construction, as with torch.nn.Conv2d); None where the call
-        needs the general path (string or non-zero-mode padding, or settings it will refuse)."""
-        key = (self.stride, self.padding, self.dilation, self.groups, self.padding_mode, self.correction, self.power)
-        cached = self.__dict__.get("_op_cache")
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        args = None
-        if self.padding_mode == "zeros" and not isinstance(self.padding, str):
-            try:
-                nd = self._nd
-                args = (int_tuple(self.stride, nd, "stride"), int_tuple(self.padding, nd, "padding"),
-                        int_tuple(self.dilation, nd, "dilation"), int_arg(self.groups, "groups"),
-                        check_correction(self.correction), check_power(self.power))
-            except (TypeError, ValueError, RuntimeError):
-                args = None  # the general path raises what torch.nn.Conv2d would
-        self.__dict__["_op_cache"] = (key, args)
-        return args
+    def _settings(self) -> tuple:
+        return (self.stride, self.padding, self.dilation, self.groups, self.padding_mode, self.correction, self.power)
+
+    @torch.jit.unused
+    def _normalised(self, stride, padding, dilation, groups, padding_mode, correction, power):
+        """(stride, padding, dilation, groups, correction, power) for the op; None for string
+        and non-zero-mode paddings."""
+        if padding_mode != "zeros" or isinstance(padding, str):
+            return None
+        nd = self._nd
+        return (int_tuple(stride, nd, "stride"), int_tuple(padding, nd, "padding"), int_tuple(dilation, nd, "dilation"),
+                int_arg(groups, "groups"), check_correction(correction), check_power(power))
 
     @torch.jit.unused
     def _eager_conv(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
@@ -193,26 +202,20 @@ class _ConvTransposeNd(_Corrected):
         return self._eager_conv_transpose(input, output_size)
 
     @torch.jit.unused
-    def _op_arguments(self):
-        """The op's arguments (stride, padding, output_padding, dilation, groups, correction,
-        power) for a call without ``output_size``, normalised once and again only when a setting
-        they come from changes; None where the call needs the general path."""
-        key = (self.stride, self.padding, self.output_padding, self.dilation, self.groups, self.padding_mode,
-               self.correction, self.power)
-        cached = self.__dict__.get("_op_cache")
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        args = None
-        if self.padding_mode == "zeros":
-            try:
-                nd = self._nd
-                args = (int_tuple(self.stride, nd, "stride"), int_tuple(self.padding, nd, "padding"),
-                        int_tuple(self.output_padding, nd, "output_padding"), int_tuple(self.dilation, nd, "dilation"),
-                        int_arg(self.groups, "groups"), check_correction(self.correction), check_power(self.power))
-            except (TypeError, ValueError, RuntimeError):
-                args = None  # the general path raises what torch.nn.ConvTranspose would
-        self.__dict__["_op_cache"] = (key, args)
-        return args
+    def _settings(self) -> tuple:
+        return (self.stride, self.padding, self.output_padding, self.dilation, self.groups, self.padding_mode,
+                self.correction, self.power)
+
+    @torch.jit.unused
+    def _normalised(self, stride, padding, output_padding, dilation, groups, padding_mode, correction, power):
+        """(stride, padding, output_padding, dilation, groups, correction, power) for the op, for
+        a call without ``output_size``; None for non-zero padding modes."""
+        if padding_mode != "zeros":
+            return None
+        nd = self._nd
+        return (int_tuple(stride, nd, "stride"), int_tuple(padding, nd, "padding"),
+                int_tuple(output_padding, nd, "output_padding"), int_tuple(dilation, nd, "dilation"),
+                int_arg(groups, "groups"), check_correction(correction), check_power(power))
 
     @torch.jit.unused
     def _eager_conv_transpose(self, input: torch.Tensor, output_size: Optional[List[int]]) -> torch.Tensor:
