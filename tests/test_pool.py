@@ -134,3 +134,38 @@ def test_compile_fullgraph_and_opcheck():
     g = torch.randn(2, 3, 5, 5)
     torch.library.opcheck(torch.ops.strideconv.avg_pool2d_backward_scaled.default,
                           (g, x.detach(), [3, 3], [2, 2], [1, 1], False, True, None, factor))
+
+
+def test_direct_calls_of_the_backward_op_refuse_malformed_arguments():
+    """avg_pool2d_backward_scaled is a registered op anyone can call: malformed arguments raise,
+    in a child process so that a crash would be seen as one."""
+    import subprocess
+    import sys
+
+    code = r"""
+import torch, strideconv
+op = torch.ops.strideconv.avg_pool2d_backward_scaled
+x, g, f = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 4, 4), torch.ones(8, 8)
+ok = op(g, x, [2, 2], [2, 2], [0, 0], False, True, None, f)
+assert ok.shape == x.shape
+bad = [
+    (g[0], x, [2, 2], [2, 2], [0, 0], False, True, None, f),            # 3-d grad
+    (g, x, [2, 2], [2, 2], [0, 0], False, True, None, torch.ones(7, 8)),  # factor of another size
+    (g, x, [2, 2], [0, 2], [0, 0], False, True, None, f),               # zero stride
+    (g, x, [2, 2], [2, 2], [2, 0], False, True, None, f),               # padding over half the kernel
+    (g, x, [2, 2], [2, 2], [0, 0], False, True, 0, f),                  # zero divisor
+    (g.double(), x, [2, 2], [2, 2], [0, 0], False, True, None, f),      # dtypes differ
+    (g[:1], x, [2, 2], [2, 2], [0, 0], False, True, None, f),           # batch differs
+    (g.long(), x.long(), [2, 2], [2, 2], [0, 0], False, True, None, f), # integer tensors
+    (g, x, [2, 2], [2, 2], [0, 0], False, True, None, f.long()),        # integer factor map
+]
+for i, args in enumerate(bad):
+    try:
+        op(*args)
+    except (RuntimeError, ValueError):
+        continue
+    raise SystemExit(f"case {i} ran")
+print("refused")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "refused" in proc.stdout, proc.stderr[-2000:] + proc.stdout
