@@ -46,8 +46,10 @@ def make_variants(x, w, b, s, p, a, factor_map):
     calls.update({c: (lambda c: lambda: conv_transpose2d(x, w, b, s, p, a, correction=c))(c) for c in CORRECTIONS})
     grad_out = torch.randn_like(calls[PLAIN]().detach())
 
+    # A ReLU follows, as in a decoder: the gradient then reaches the layer as it does in training,
+    # a fresh tensor that nothing else holds (which a corrected backward may scale in place).
     def train_step(fwd):
-        return lambda: torch.autograd.grad(fwd(), inputs, grad_out)
+        return lambda: torch.autograd.grad(torch.relu(fwd()), inputs, grad_out)
 
     def fwd_only(fwd):
         def step():
@@ -147,7 +149,8 @@ def report_section(rows, meta, pics, ratios, draws) -> List[str]:
     lines += [""] + [f"![{p}]({p})" for p in pics] + [
         "", "### Speed and memory", "",
         f"Batch {meta['batch']}; medians of {meta['rounds']} interleaved rounds of {meta['reps']} calls each; "
-        "fwd+bwd computes the input, weight and bias gradients. Ratios are to `F.conv_transpose2d` in the same "
+        "fwd+bwd computes the input, weight and bias gradients of the layer followed by a ReLU (the gradient "
+        "reaches the layer as in training: a fresh tensor). Ratios are to `F.conv_transpose2d` in the same "
         "run; `vs plain ops` is the fwd+bwd time over that of `plain ops` (F.conv_transpose2d, times a "
         "precomputed position factor map, plus the bias: the normalisation written by hand). Peak memory: "
         "CUDA allocator peak during fwd+bwd relative to F.conv_transpose2d (not measured on CPU).", "",

@@ -22,6 +22,7 @@
 // scaling again on the weight gradient (the chain rule through a diagonal map).
 
 #include <ATen/FuncTorchTLS.h>
+#include <ATen/MemoryOverlap.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
@@ -91,6 +92,16 @@ bool concrete(const at::Tensor& t) {
   static const c10::DispatchKeySet traced({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot,
                                            c10::DispatchKey::Functionalize});
   return !t.key_set().has_any(traced) && !t.is_meta() && !c10::impl::TorchDispatchModeTLS::any_modes_set();
+}
+
+// Whether an incoming gradient is ours to scale in place, as autograd's AccumulateGrad decides
+// whether to steal one: nothing else holds the tensor or its storage (the caller's reference is
+// the only one: no view, no hook, no user's grad_output), it is dense and has no internal overlap
+// (not an expanded scalar), and no tracing sees it. Otherwise the scaling makes a copy.
+bool ours_to_scale(const at::Tensor& grad) {
+  return grad.use_count() == 1 && grad.has_storage() && grad.storage().use_count() == 1 && !grad.is_view() &&
+         !grad.requires_grad() && concrete(grad) && grad.is_non_overlapping_and_dense() &&
+         at::has_internal_overlap(grad) == at::MemOverlap::No;
 }
 
 // The bias gradient's sizes (one entry per output channel) for
@@ -199,61 +210,89 @@ struct ConvBackward final : ConvNode {
 // ----- conv_transpose --------------------------------------------------------------------------
 
 // The backward of conv_transpose, whose forward is a fixed diagonal scaling (of the
-// weight, or of the output) of a transposed convolution: either the incoming
-// gradient times the output factors and one ATen convolution backward with the plain
-// weight, or one with the scaled weight and the same scaling again on the weight
-// gradient (the adjoint of a diagonal map is itself).
+// weight, or of the output) of a transposed convolution, taken the way the forward took
+// it: either the incoming gradient times the output factors and one ATen convolution
+// backward with the plain weight, or one with the scaled weight and the same scaling
+// again on the weight gradient (the adjoint of a diagonal map is itself). On the weight
+// path "position" scales the border band of the incoming gradient, nothing when the band
+// is empty. Each scaling is in place when the incoming gradient is ours (ours_to_scale),
+// on a copy otherwise.
 struct ConvTransposeBackward final : ConvNode {
   std::string name() const override { return "strideconv::ConvTransposeBackward"; }
 
   variable_list gradients(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
                           bool need_input, bool need_weight, bool need_bias) override {
-    const bool position = o.correction == Correction::Position;
     const auto kernel_size = weight.sizes().slice(2);
     const bool differentiable = at::GradMode::is_enabled();  // create_graph=True
     std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
     if (!differentiable) below_autograd.emplace();
+    const bool in_place = !differentiable && ours_to_scale(grad);  // before any copy of the handle
+    const auto plain_bias_gradient = [&] {  // the bias is added after the scaling
+      std::vector<int64_t> dims{0};
+      for (int d = 0; d < o.ndim; ++d) dims.push_back(2 + d);
+      return grad.sum(dims);
+    };
 
     at::Tensor grad_input, grad_weight, grad_bias;
-    // "position" always scales the incoming gradient (a full pass, which the band alone
-    // would need too, as that tensor is not ours to scale in place); "kernel" and "map"
-    // when the forward would choose it (output_is_cheaper); "none" never.
-    if (position || (o.correction != Correction::None && output_is_cheaper(weight.sym_numel(), grad.sym_numel()))) {
-      if (need_bias) {  // the bias is added after the scaling: its gradient is the plain sum
-        std::vector<int64_t> dims{0};
-        for (int d = 0; d < o.ndim; ++d) dims.push_back(2 + d);
-        grad_bias = grad.sum(dims);
-      }
+    if (o.correction != Correction::None && output_is_cheaper(weight.sym_numel(), grad.sym_numel())) {
+      if (need_bias) grad_bias = plain_bias_gradient();
       if (need_input || need_weight) {
         const at::Tensor factors = call_output_factors(
             grad.detach(), kernel_size, o.stride_list(), o.padding_list(), o.dilation_list(),
             o.output_padding_list(), correction_name(o.correction), o.power);
+        const at::Tensor scaled = in_place ? grad.mul_(factors) : grad.mul(factors);
         std::tie(grad_input, grad_weight, std::ignore) = at::convolution_backward_symint(
-            grad.mul(factors), input, weight, std::nullopt, c10::fromIntArrayRefSlow(o.stride_list()),
+            scaled, input, weight, std::nullopt, c10::fromIntArrayRefSlow(o.stride_list()),
             c10::fromIntArrayRefSlow(o.padding_list()), c10::fromIntArrayRefSlow(o.dilation_list()),
             /*transposed=*/true, c10::fromIntArrayRefSlow(o.output_padding_list()),
             c10::SymInt(o.groups), {need_input, need_weight, false});
       }
-    } else {
-      // The weight scaled as in the forward; ATen's bias gradient is the true one.
-      const bool scaled = o.correction == Correction::Map ||
-                          (o.correction == Correction::Kernel &&
-                           !taps_trivial(kernel_size, o.stride_list(), o.dilation_list()));
-      const auto output_size = grad.sym_sizes().slice(2);
-      const auto scale = [&](const at::Tensor& t) {
-        return call_scale_weight(t, output_size, o.stride_list(), o.padding_list(), o.dilation_list(),
-                                 correction_name(o.correction), o.power, o.output_padding_list());
-      };
-      const BiasSizes bias(weight.sym_size(1) * o.groups, need_bias);
-      std::tie(grad_input, grad_weight, grad_bias) = at::convolution_backward_symint(
-          grad, input, scaled && (need_input || need_weight) ? scale(weight) : weight, bias.sizes,
-          c10::fromIntArrayRefSlow(o.stride_list()), c10::fromIntArrayRefSlow(o.padding_list()),
-          c10::fromIntArrayRefSlow(o.dilation_list()), /*transposed=*/true,
-          c10::fromIntArrayRefSlow(o.output_padding_list()), c10::SymInt(o.groups),
-          {need_input, need_weight, need_bias});
-      if (need_weight && scaled) grad_weight = scale(grad_weight);
+      return {std::move(grad_input), std::move(grad_weight), std::move(grad_bias)};
     }
+    // The weight scaled as in the forward.
+    const bool scaled = o.correction == Correction::Map ||
+                        (o.correction != Correction::None &&
+                         !taps_trivial(kernel_size, o.stride_list(), o.dilation_list()));
+    const auto output_size = grad.sym_sizes().slice(2);
+    const auto scale = [&](const at::Tensor& t) {
+      return call_scale_weight(t, output_size, o.stride_list(), o.padding_list(), o.dilation_list(),
+                               correction_name(o.correction), o.power, o.output_padding_list());
+    };
+    at::Tensor g = grad;
+    if (o.correction == Correction::Position && (need_input || need_weight) &&
+        !band_is_empty(grad, kernel_size)) {
+      if (need_bias) grad_bias = plain_bias_gradient();
+      need_bias = false;
+      if (in_place) {
+        call_scale_border_(g, kernel_size, o.stride_list(), o.padding_list(), o.dilation_list(), o.power,
+                           o.output_padding_list());
+      } else {
+        g = call_scale_border(grad, kernel_size, o.stride_list(), o.padding_list(), o.dilation_list(), o.power,
+                              o.output_padding_list());
+      }
+    }
+    // ATen's bias gradient (of g == grad) is the true one.
+    const BiasSizes bias(weight.sym_size(1) * o.groups, need_bias);
+    at::Tensor aten_bias;
+    std::tie(grad_input, grad_weight, aten_bias) = at::convolution_backward_symint(
+        g, input, scaled && (need_input || need_weight) ? scale(weight) : weight, bias.sizes,
+        c10::fromIntArrayRefSlow(o.stride_list()), c10::fromIntArrayRefSlow(o.padding_list()),
+        c10::fromIntArrayRefSlow(o.dilation_list()), /*transposed=*/true,
+        c10::fromIntArrayRefSlow(o.output_padding_list()), c10::SymInt(o.groups),
+        {need_input, need_weight, need_bias});
+    if (need_bias) grad_bias = std::move(aten_bias);
+    if (need_weight && scaled) grad_weight = scale(grad_weight);
     return {std::move(grad_input), std::move(grad_weight), std::move(grad_bias)};
+  }
+
+ private:
+  // Whether the output's border band is empty (every output position has the interior's
+  // count), known only for concrete sizes; under tracing with symbolic sizes, not assumed.
+  bool band_is_empty(const at::Tensor& grad, at::IntArrayRef kernel_size) const {
+    if (grad.unsafeGetTensorImpl()->has_symbolic_sizes_strides()) return false;
+    return Band(make_geometry(grad.sizes().slice(2), kernel_size, o.stride_list(), o.padding_list(),
+                              o.dilation_list(), o.output_padding_list()))
+               .count == 0;
   }
 };
 

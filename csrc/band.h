@@ -154,9 +154,10 @@ struct BandWalk {
 
   int64_t items() const { return batch * channels * band.count; }
 
-  // Memory offset of work item e; its spatial coordinates land in coord.
+  // Memory offset of work item e; its spatial coordinates land in coord (and its channel in
+  // *channel when asked).
   template <typename index_t>
-  STRIDECONV_HD index_t offset(index_t e, index_t* coord) const {
+  STRIDECONV_HD index_t offset(index_t e, index_t* coord, index_t* channel = nullptr) const {
     index_t n, c, b;
     const index_t C = index_t(channels), B = index_t(band.count);
     if (channels_inner) {
@@ -171,6 +172,7 @@ struct BandWalk {
       n = e / C;
     }
     band.position(b, coord);
+    if (channel != nullptr) *channel = c;
     index_t off = n * index_t(batch_stride) + c * index_t(channel_stride);
     for (int d = 0; d < band.ndim; ++d) off += coord[d] * index_t(spatial_stride[d]);
     return off;

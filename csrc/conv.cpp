@@ -78,12 +78,11 @@ std::vector<int64_t> transposed_lengths(at::IntArrayRef input_lengths, at::IntAr
 // convolutions"): ONE ATen transposed convolution, normalised the cheaper way.
 // - On the weight: the weight `scale_weight` gives over the output (tap-scaled for
 //   "kernel" and "position", alpha * weight for "map"), ATen adding the bias; for
-//   "position" (which takes this path only without a bias) the border band of the
-//   output is then scaled in place.
+//   "position" the border band of the output is then scaled in place, each value v
+//   becoming f (v - b) + b, so the bias stays unscaled. No pass over the whole output.
 // - On the output, when the weight is not much smaller than the output (decoders'
-//   early layers; output_is_cheaper), and for "position" with a bias: the plain
-//   weight, then one elementwise pass with the output factor map (or alpha) that
-//   also adds the bias.
+//   early layers; output_is_cheaper): the plain weight, then one elementwise pass
+//   with the output factor map (or alpha) that also adds the bias.
 // "none" is at::convolution itself, so it is F.conv_transposeNd bit for bit.
 at::Tensor conv_transpose(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -129,9 +128,7 @@ at::Tensor conv_transpose(
   for (const int64_t length : lengths) output_numel *= length;
   const auto kernel_size = weight.sizes().slice(2);
 
-  // "position" with a bias adds the bias in a pass of its own on the weight path: the
-  // output path, whose one pass also adds the bias, is never dearer then.
-  if ((kind == Correction::Position && with_bias) || output_is_cheaper(weight.numel(), output_numel)) {
+  if (output_is_cheaper(weight.numel(), output_numel)) {
     at::Tensor out = plain(std::nullopt);
     if (kind == Correction::Map) {
       const double alpha = map_alpha(g, power);
@@ -141,7 +138,7 @@ at::Tensor conv_transpose(
     return with_bias ? at::addcmul(bias->view(channel_shape), out, factors) : out.mul_(factors);
   }
 
-  // The weight path. "position" comes here only without a bias, so ATen adds any bias.
+  // The weight path; ATen adds any bias.
   at::Tensor w = weight;
   if (kind == Correction::Map || !taps_trivial(kernel_size, o.stride_list(), o.dilation_list())) {
     w = call_scale_weight(weight, c10::fromIntArrayRefSlow(lengths), o.stride_list(), o.padding_list(),
@@ -151,7 +148,7 @@ at::Tensor conv_transpose(
                                    output_padding, groups);
   if (kind == Correction::Position) {
     call_scale_border_(out, kernel_size, o.stride_list(), o.padding_list(), o.dilation_list(), power,
-                       o.output_padding_list());
+                       o.output_padding_list(), bias);
   }
   return out;
 }
@@ -282,13 +279,13 @@ at::Tensor call_scale_border(
 void call_scale_border_(
     at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, double power,
-    at::IntArrayRef output_padding) {
+    at::IntArrayRef output_padding, const std::optional<at::Tensor>& bias) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("strideconv::scale_border_", "")
           .typed<void(at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
-                      at::IntArrayRef, double, at::IntArrayRef)>();
-  op.call(grad, kernel_size, stride, padding, dilation, power, output_padding);
+                      at::IntArrayRef, double, at::IntArrayRef, const std::optional<at::Tensor>&)>();
+  op.call(grad, kernel_size, stride, padding, dilation, power, output_padding, bias);
 }
 
 // ----- schemas and the device-independent registrations ---------------------------------------
@@ -316,10 +313,12 @@ TORCH_LIBRARY(strideconv, m) {
   // Each tap of the weight times its "kernel" factor (a device kernel).
   m.def("scale_taps(Tensor weight, int[] stride, int[] dilation, float power) -> Tensor");
   // "kernel"-corrected input gradient -> "position"-corrected, in place, on
-  // the border band only (a device kernel).
+  // the border band only (a device kernel). With a bias (one value per channel), each
+  // band value v becomes f (v - b) + b: a transposed convolution's output whose bias
+  // was added before the scaling.
   m.def(
       "scale_border_(Tensor(a!) grad, int[] kernel_size, int[] stride, int[] padding, "
-      "int[] dilation, float power, int[] output_padding=[]) -> ()");
+      "int[] dilation, float power, int[] output_padding=[], Tensor? bias=None) -> ()");
   // The corrected input gradient of avg_pool2d (the true one times `factor`, an (H, W) map),
   // in one pass (a device kernel; pool.h).
   m.def(

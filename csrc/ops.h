@@ -50,10 +50,11 @@ at::Tensor call_scale_border(
     at::IntArrayRef padding, at::IntArrayRef dilation, double power,
     at::IntArrayRef output_padding = {});
 
+// With a bias, the band values v become f (v - b) + b (a transposed convolution's output).
 void call_scale_border_(
     at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, double power,
-    at::IntArrayRef output_padding = {});
+    at::IntArrayRef output_padding = {}, const std::optional<at::Tensor>& bias = std::nullopt);
 
 // Under autocast: let the backward of the conv that made `output` scale `weight` (the weight
 // before its cast) rather than the cast weight it saved; nothing if `output` has no such node.

@@ -131,9 +131,14 @@ void check_operand(const at::Tensor& t, const char* what, const char* layout) {
 Geometry border_geometry(
     const at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, double power,
-    at::IntArrayRef output_padding) {
+    at::IntArrayRef output_padding, const std::optional<at::Tensor>& bias) {
   check_power(power);
   check_operand(grad, "gradient", "(batch, channels, *spatial)");
+  TORCH_CHECK_VALUE(!bias.has_value() || !bias->defined() ||
+                        (bias->dim() == 1 && bias->size(0) == grad.size(1) && bias->device() == grad.device() &&
+                         bias->is_floating_point()),
+                    "strideconv: scale_border_ expected a floating-point bias of one value per channel, "
+                    "on the gradient's device");
   const Geometry g =
       make_geometry(grad.sizes().slice(2), kernel_size, stride, padding, dilation, output_padding);
   check_factors_fit(g, Correction::Position, power, grad.scalar_type());

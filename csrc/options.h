@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
+#include <optional>
 #include <vector>
 
 #include "band.h"
@@ -61,11 +62,12 @@ bool taps_trivial(at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntAr
 void check_operand(const at::Tensor& t, const char* what, const char* layout);
 
 // The checked arguments of the device kernels, the same on every device:
-// scale_border_ on a gradient (batch, channels, *spatial) ...
+// scale_border_ on a gradient (batch, channels, *spatial), with an optional bias of one
+// value per channel on its device ...
 Geometry border_geometry(
     const at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, double power,
-    at::IntArrayRef output_padding);
+    at::IntArrayRef output_padding, const std::optional<at::Tensor>& bias = std::nullopt);
 // ... and scale_taps on a weight (out, in / groups, *kernel), whose tap factors
 // depend on the kernel, stride and dilation only.
 Geometry tap_geometry(

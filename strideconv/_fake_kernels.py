@@ -44,5 +44,5 @@ def _scale_border_fake(grad, kernel_size, stride, padding, dilation, power, outp
 
 
 @torch.library.register_fake("strideconv::scale_border_")
-def _scale_border_inplace_fake(grad, kernel_size, stride, padding, dilation, power, output_padding=()):
+def _scale_border_inplace_fake(grad, kernel_size, stride, padding, dilation, power, output_padding=(), bias=None):
     return None

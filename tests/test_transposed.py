@@ -69,29 +69,142 @@ def test_output_and_every_gradient_match_the_reference(nd, correction, power):
             torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10)
 
 
+REGIMES = {
+    # name: (c_in, c_out, input size, kernel, stride, padding, output_padding)
+    "large weight, small output": (24, 16, (2, 3), 3, 2, 1, 1),  # weight 3456 elements, output 768
+    "small weight, large output": (2, 1, (12, 11), 3, 2, 1, 1),  # weight 18, output 2*1*24*22
+    "small weight, empty band": (2, 3, (7, 6), 2, 2, 0, 0),  # kernel = stride: every count is 1
+}
+
+
 @pytest.mark.parametrize("correction", CORRECTED)
-@pytest.mark.parametrize("regime", ["large weight, small output", "small weight, large output"])
-def test_both_ways_of_normalising_match_the_reference(correction, regime):
+@pytest.mark.parametrize("regime", list(REGIMES))
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_both_ways_of_normalising_match_the_reference(correction, regime, channels_last):
     """The operator scales the output (and the incoming gradient) when the weight is the larger
-    tensor, the weight otherwise: both give the same function and gradients."""
-    if regime.startswith("large weight"):
-        c_in, c_out, size = 24, 16, (2, 3)  # weight 3456 elements, output 2*16*4*6 = 768
-    else:
-        c_in, c_out, size = 2, 1, (12, 11)  # weight 18 elements, output 2*1*24*22
+    tensor, the weight otherwise ("position" then scales the output's border band in place, the
+    bias kept unscaled, and in the backward a copy of the gradient's band): every way gives the
+    same function and gradients, in either memory layout."""
+    c_in, c_out, size, k, s, p, a = REGIMES[regime]
     g = torch.Generator().manual_seed(9)
-    x = torch.randn((2, c_in) + size, generator=g, dtype=torch.float64, requires_grad=True)
-    w = torch.randn((c_in, c_out, 3, 3), generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn((2, c_in) + size, generator=g, dtype=torch.float64)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w = torch.randn((c_in, c_out, k, k), generator=g, dtype=torch.float64, requires_grad=True)
     b = torch.randn(c_out, generator=g, dtype=torch.float64, requires_grad=True)
     for power in (0.5, 1.0):
-        ours = strideconv.functional.conv_transpose2d(x, w, b, 2, 1, 1, correction=correction, power=power)
-        ref = expected_conv_transpose(correction, power, x, w, b, (2, 2), (1, 1), (1, 1), 1, (1, 1))
+        ours = strideconv.functional.conv_transpose2d(x, w, b, s, p, a, correction=correction, power=power)
+        ref = expected_conv_transpose(correction, power, x, w, b, (s, s), (p, p), (a, a), 1, (1, 1))
         torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
         grad_out = torch.randn(ours.shape, generator=g, dtype=torch.float64)
+        if channels_last:
+            grad_out = grad_out.to(memory_format=torch.channels_last)
         for u, v in zip(torch.autograd.grad(ours, (x, w, b), grad_out), torch.autograd.grad(ref, (x, w, b), grad_out)):
             torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10)
-    small = (x[:1, :, :2, :2].detach().requires_grad_(), w.detach().requires_grad_(), b.detach().requires_grad_())
-    fn = lambda x, w, b: strideconv.functional.conv_transpose2d(x, w, b, 2, 1, 1, correction=correction)  # noqa: E731
-    assert torch.autograd.gradgradcheck(fn, small)
+    if regime.startswith("small"):  # the weight path: no elementwise op over the output
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+            out = strideconv.functional.conv_transpose2d(x, w, b, s, p, a, correction=correction)
+        passes = {"aten::mul", "aten::mul_", "aten::add", "aten::add_", "aten::addcmul", "aten::clone", "aten::copy_"}
+        over_output = [e.name for e in prof.events() if e.name in passes and list(out.shape) in e.input_shapes]
+        # torch's own convolution may add its bias in a pass (CPU): count only the extra ones
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+            F.conv_transpose2d(x, w, b, s, p, a)
+        for e in prof.events():
+            if e.name in passes and list(out.shape) in e.input_shapes:
+                over_output.remove(e.name)
+        assert not over_output
+    # double backward through the same path: an output of 10x10 against a 3x3 weight takes the
+    # weight path, one of 4x4 the output path
+    small = 5 if regime.startswith("small") else 2
+    args = (x[:1, :1, :small, :small].detach().requires_grad_(), w[:1, :1].detach().requires_grad_(),
+            b[:1].detach().requires_grad_())
+    fn = lambda x, w, b: strideconv.functional.conv_transpose2d(x, w, b, s, p, a, correction=correction)  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, args)
+
+
+def _output_sized_passes(fn, shape):
+    """The names of the elementwise ops (and copies) that a call of fn makes on tensors of `shape`."""
+    passes = {"aten::mul", "aten::mul_", "aten::add", "aten::add_", "aten::addcmul", "aten::clone", "aten::copy_"}
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        fn()
+    return sorted(e.name for e in prof.events() if e.name in passes and list(shape) in e.input_shapes)
+
+
+@pytest.mark.parametrize("correction", CORRECTED)
+@pytest.mark.parametrize("regime", list(REGIMES))
+def test_backward_scales_a_gradient_in_place_only_when_nothing_else_holds_it(correction, regime):
+    """The backward scales the incoming gradient in place when autograd hands it over and nobody
+    else holds it; a grad_output the caller keeps, one that reaches two uses of the output, one a
+    hook keeps, or an expanded one is left as it was, and every gradient matches the reference."""
+    c_in, c_out, size, k, s, p, a = REGIMES[regime]
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn((2, c_in) + size, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn((c_in, c_out, k, k), generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(c_out, generator=g, dtype=torch.float64, requires_grad=True)
+    ours = lambda: strideconv.functional.conv_transpose2d(x, w, b, s, p, a, correction=correction)  # noqa: E731
+    ref = lambda: expected_conv_transpose(correction, 0.5, x, w, b, (s, s), (p, p), (a, a), 1, (1, 1))  # noqa: E731
+    weights = torch.randn(ours().shape, generator=g, dtype=torch.float64)
+
+    def check(loss, keep=None):
+        got = torch.autograd.grad(loss(ours()), (x, w, b))
+        want = torch.autograd.grad(loss(ref()), (x, w, b))
+        for u, v in zip(got, want):
+            torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10)
+        if keep is not None:
+            torch.testing.assert_close(keep[0], keep[1], rtol=0, atol=0)
+
+    check(lambda y: (y * weights).sum())  # a fresh gradient from MulBackward: ours
+    check(lambda y: y.sum())  # an expanded one
+    kept = weights.clone()
+    check(lambda y: (y + y * 0.5).mul(kept).sum())  # one gradient reaching two uses
+    go = weights.clone()
+    got = torch.autograd.grad(ours(), (x, w, b), go)
+    torch.testing.assert_close(go, weights, rtol=0, atol=0)  # the caller's grad_output
+    want = torch.autograd.grad(ref(), (x, w, b), weights)
+    for u, v in zip(got, want):
+        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10)
+    seen = []
+    y = ours()
+    y.register_hook(lambda grad: seen.append(grad))
+    torch.autograd.grad((y * weights).sum(), (x, w, b))
+    torch.testing.assert_close(seen[0], weights, rtol=0, atol=0)  # the gradient a hook keeps
+    y = ours()
+    y.retain_grad()
+    (y * weights).sum().backward()
+    torch.testing.assert_close(y.grad, weights, rtol=0, atol=0)
+    # and when it is ours, no copy of it: no more output-sized passes than torch's own backward
+    y0, y1 = ours(), F.conv_transpose2d(x, w, b, s, p, a)
+    extra = _output_sized_passes(lambda: torch.autograd.grad((y0 * weights).sum(), (x, w, b)), y0.shape)
+    for name in _output_sized_passes(lambda: torch.autograd.grad((y1 * weights).sum(), (x, w, b)), y1.shape):
+        extra.remove(name)
+    # the output path scales the gradient once, in place; the weight path only its band
+    assert extra == (["aten::mul_"] if regime.startswith("large") else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_border_band_with_a_bias_keeps_the_bias_unscaled(device, dtype, channels_last):
+    """scale_border_ with a bias turns the kernel-normalised output plus its bias into the
+    position-normalised output plus the same bias (each band value v becomes f (v - b) + b)."""
+    k, s, p, a = (3, 4), (2, 3), (1, 2), (1, 0)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64)
+    w = torch.randn(3, 5, *k, generator=g, dtype=torch.float64)
+    b = torch.randn(5, generator=g, dtype=torch.float64)
+    shift = b.view(1, -1, 1, 1)
+    kernel = expected_conv_transpose("kernel", 0.5, x, w, None, s, p, a, 1, (1, 1)) + shift
+    want = expected_conv_transpose("position", 0.5, x, w, None, s, p, a, 1, (1, 1)) + shift
+    got = kernel.to(device, dtype)
+    if channels_last:
+        got = got.to(memory_format=torch.channels_last)
+    torch.ops.strideconv.scale_border_(got, k, s, p, (1, 1), 0.5, a, b.to(device, dtype))
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    torch.testing.assert_close(got.double().cpu(), want, rtol=tol, atol=tol)
+    assert not torch.equal(kernel, want)  # the band is not empty here
+    with pytest.raises(ValueError, match="one value per channel"):
+        torch.ops.strideconv.scale_border_(got, k, s, p, (1, 1), 0.5, a, b[:3].to(device, dtype))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <list>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <utility>
 #include <vector>
@@ -80,8 +81,10 @@ std::shared_ptr<const BandEntries<opmath_t>> cached_band_entries(const at::Tenso
   return built;
 }
 
+// With a bias b (one value per channel), the band's values v become f (v - b) + b: the
+// output of a transposed convolution whose bias was added before the scaling.
 template <typename scalar_t>
-void scale_band(at::Tensor& grad, const Geometry& g, double power) {
+void scale_band(at::Tensor& grad, const Geometry& g, double power, const std::optional<at::Tensor>& bias) {
   using opmath_t = at::opmath_type<scalar_t>;
   const auto band = cached_band_entries<opmath_t>(grad, g, power);
   const std::vector<int64_t>& offsets = band->offsets;
@@ -91,8 +94,12 @@ void scale_band(at::Tensor& grad, const Geometry& g, double power) {
   const int64_t batch = grad.size(0), channels = grad.size(1);
   const int64_t batch_stride = grad.stride(0), channel_stride = grad.stride(1);
   scalar_t* data = grad.data_ptr<scalar_t>();
-  const auto scale = [&](int64_t off, opmath_t f) {
-    data[off] = static_cast<scalar_t>(static_cast<opmath_t>(data[off]) * f);
+  at::Tensor shift;  // the bias in opmath_t, or nothing
+  if (bias.has_value() && bias->defined()) shift = bias->to(c10::CppTypeToScalarType<opmath_t>::value).contiguous();
+  const opmath_t* b = shift.defined() ? shift.const_data_ptr<opmath_t>() : nullptr;
+  const auto scale = [&](int64_t off, opmath_t f, int64_t c) {
+    const opmath_t v = static_cast<opmath_t>(data[off]);
+    data[off] = static_cast<scalar_t>(b == nullptr ? v * f : f * (v - b[c]) + b[c]);
   };
   constexpr int64_t kWork = 16384;  // elements per task
   if (channel_stride == 1 && channels > 1) {
@@ -102,7 +109,7 @@ void scale_band(at::Tensor& grad, const Geometry& g, double power) {
       for (int64_t item = first; item < last; ++item) {
         const int64_t base = (item / entries) * batch_stride + offsets[item % entries];
         const opmath_t f = factors[item % entries];
-        for (int64_t c = 0; c < channels; ++c) scale(base + c, f);
+        for (int64_t c = 0; c < channels; ++c) scale(base + c, f, c);
       }
     });
   } else {
@@ -110,8 +117,9 @@ void scale_band(at::Tensor& grad, const Geometry& g, double power) {
     const int64_t grain = std::max<int64_t>(1, kWork / entries);
     at::parallel_for(0, batch * channels, grain, [&](int64_t first, int64_t last) {
       for (int64_t slice = first; slice < last; ++slice) {
-        const int64_t base = (slice / channels) * batch_stride + (slice % channels) * channel_stride;
-        for (int64_t k = 0; k < entries; ++k) scale(base + offsets[k], factors[k]);
+        const int64_t c = slice % channels;
+        const int64_t base = (slice / channels) * batch_stride + c * channel_stride;
+        for (int64_t k = 0; k < entries; ++k) scale(base + offsets[k], factors[k], c);
       }
     });
   }
@@ -120,12 +128,12 @@ void scale_band(at::Tensor& grad, const Geometry& g, double power) {
 void scale_border_inplace(
     at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, double power,
-    at::IntArrayRef output_padding) {
-  const Geometry g = border_geometry(grad, kernel_size, stride, padding, dilation, power, output_padding);
+    at::IntArrayRef output_padding, const std::optional<at::Tensor>& bias) {
+  const Geometry g = border_geometry(grad, kernel_size, stride, padding, dilation, power, output_padding, bias);
   at::assert_no_internal_overlap(grad);
   if (grad.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "scale_border_cpu", [&] {
-    scale_band<scalar_t>(grad, g, power);
+    scale_band<scalar_t>(grad, g, power, bias);
   });
 }
 

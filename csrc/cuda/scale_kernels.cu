@@ -18,6 +18,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
 
 #include "../options.h"
 
@@ -31,17 +32,21 @@ inline unsigned int blocks_for(int64_t items) {
   return static_cast<unsigned int>(std::min<int64_t>((items + kThreads - 1) / kThreads, max_blocks));
 }
 
+// With a bias (one opmath_t per channel, or null), v becomes f (v - b) + b.
 template <typename scalar_t, typename index_t>
 __global__ void scale_band_kernel(scalar_t* data, const __grid_constant__ BandWalk walk,
                                   const __grid_constant__ FactorTable<at::opmath_type<scalar_t>> factors,
-                                  const index_t items) {
+                                  const at::opmath_type<scalar_t>* bias, const index_t items) {
   using opmath_t = at::opmath_type<scalar_t>;
   const index_t step = index_t(blockDim.x) * gridDim.x;
   for (index_t e = index_t(blockIdx.x) * blockDim.x + threadIdx.x; e < items; e += step) {
     index_t coord[kMaxSpatialDims];
-    const index_t off = walk.offset(e, coord);
+    index_t channel;
+    const index_t off = walk.offset(e, coord, &channel);
     const opmath_t f = factors.ratio(coord);
-    if (f != opmath_t(1)) data[off] = static_cast<scalar_t>(static_cast<opmath_t>(data[off]) * f);
+    if (f == opmath_t(1)) continue;
+    const opmath_t v = static_cast<opmath_t>(data[off]);
+    data[off] = static_cast<scalar_t>(bias == nullptr ? v * f : f * (v - bias[channel]) + bias[channel]);
   }
 }
 
@@ -63,8 +68,8 @@ __global__ void scale_taps_kernel(const scalar_t* src, scalar_t* dst,
 void scale_border_inplace(
     at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, double power,
-    at::IntArrayRef output_padding) {
-  const Geometry g = border_geometry(grad, kernel_size, stride, padding, dilation, power, output_padding);
+    at::IntArrayRef output_padding, const std::optional<at::Tensor>& bias) {
+  const Geometry g = border_geometry(grad, kernel_size, stride, padding, dilation, power, output_padding, bias);
   at::assert_no_internal_overlap(grad);
   const BandWalk walk(grad, g);
   const int64_t items = walk.items();
@@ -72,13 +77,17 @@ void scale_border_inplace(
   const c10::cuda::CUDAGuard guard(grad.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "scale_border_cuda", [&] {
-    const FactorTable<at::opmath_type<scalar_t>> factors(g, power);
+    using opmath_t = at::opmath_type<scalar_t>;
+    const FactorTable<opmath_t> factors(g, power);
+    at::Tensor shift;  // the bias in opmath_t, or nothing
+    if (bias.has_value() && bias->defined()) shift = bias->to(c10::CppTypeToScalarType<opmath_t>::value).contiguous();
+    const opmath_t* b = shift.defined() ? shift.const_data_ptr<opmath_t>() : nullptr;
     if (walk.fits_int32(grad)) {
       scale_band_kernel<scalar_t, int32_t><<<blocks_for(items), kThreads, 0, stream>>>(
-          grad.data_ptr<scalar_t>(), walk, factors, static_cast<int32_t>(items));
+          grad.data_ptr<scalar_t>(), walk, factors, b, static_cast<int32_t>(items));
     } else {
       scale_band_kernel<scalar_t, int64_t><<<blocks_for(items), kThreads, 0, stream>>>(
-          grad.data_ptr<scalar_t>(), walk, factors, items);
+          grad.data_ptr<scalar_t>(), walk, factors, b, items);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
