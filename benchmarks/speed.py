@@ -206,6 +206,78 @@ def overhead_table(device, quick):
                       control=control, busy=busy)
 
 
+def context_overhead(device, quick):
+    """What ``strideconv.corrected()`` costs in eager mode: per strided ``F.conv2d`` call made inside
+    the block (fwd+bwd, the call corrected), per other op inside the block (``torch.relu`` on a
+    small tensor, passed through untouched), and per entry and exit of the block. Measured as
+    overhead_table measures (one thread, thread CPU time or CUDA events, shuffled rounds, medians of
+    per-round differences)."""
+    rounds, reps = (5, 20) if quick else (41, 200)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 1, 5, 5, generator=gen).to(device).requires_grad_()
+    w = torch.randn(1, 1, 3, 3, generator=gen).to(device).requires_grad_()
+    t = torch.randn(8, device=device)
+    grad_out = torch.ones(1, 1, 3, 3, device=device)
+    mode = strideconv.corrected()
+    ops = 10
+
+    def conv_step():
+        torch.autograd.grad(F.conv2d(x, w, None, 2, 1), (x, w), grad_out)
+
+    def conv_step_inside():
+        with mode:
+            y = F.conv2d(x, w, None, 2, 1)
+        torch.autograd.grad(y, (x, w), grad_out)
+
+    def relus():
+        for _ in range(ops):
+            torch.relu(t)
+
+    def relus_inside():
+        with mode:
+            for _ in range(ops):
+                torch.relu(t)
+
+    def empty_block():
+        with mode:
+            pass
+
+    calls = {"nothing": lambda: None, "empty block": empty_block, "F.conv2d": conv_step,
+             "F.conv2d inside": conv_step_inside, "relu x10": relus, "relu x10 inside": relus_inside,
+             "strideconv.functional.conv2d": lambda: torch.autograd.grad(conv2d(x, w, None, 2, 1), (x, w), grad_out)}
+    clock = Timer(device) if device.startswith("cuda") else ThreadCPUClock()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        m = paired_rounds(calls, "nothing", clock, rounds, reps)
+    finally:
+        torch.set_num_threads(threads)
+    block = m["empty block"]["extra"]
+    us = 1e6
+    return dict(
+        block_us=block * us,
+        strided_us=(m["F.conv2d inside"]["median"] - m["F.conv2d"]["median"] - block) * us,
+        functional_us=(m["strideconv.functional.conv2d"]["median"] - m["F.conv2d"]["median"]) * us,
+        other_op_us=(m["relu x10 inside"]["median"] - m["relu x10"]["median"] - block) / ops * us,
+        relu_us=m["relu x10"]["median"] / ops * us, conv_us=m["F.conv2d"]["median"] * us,
+        rounds=rounds, reps=reps)
+
+
+def context_section(c) -> List[str]:
+    return [
+        "", "## `strideconv.corrected()` in eager mode", "",
+        f"One thread; {c['rounds']} shuffled rounds of {c['reps']} calls; the same small layer as above. Every torch "
+        "call inside the block passes through the mode's `__torch_function__`; strided convolutions are then "
+        "corrected. Under `torch.compile` the mode is traced away and costs nothing at run time.", "",
+        "| what | extra us per call |", "|---|---|",
+        f"| entering and leaving the block | {c['block_us']:+.2f} |",
+        f"| a strided `F.conv2d` inside the block, fwd+bwd (F.conv2d alone: {c['conv_us']:.1f} us) | "
+        f"{c['strided_us']:+.2f} |",
+        f"| the same call made directly with `strideconv.functional.conv2d` | {c['functional_us']:+.2f} |",
+        f"| any other op inside the block (`torch.relu` on 8 values: {c['relu_us']:.2f} us) | {c['other_op_us']:+.2f} |",
+    ]
+
+
 def report_section(rows, meta, overhead_rows=(), overhead_meta=None, pool_rows=()) -> List[str]:
     """The speed and memory table, the pooling table and the per-call overhead table, as
     Markdown lines."""

@@ -36,13 +36,23 @@ class ScaleGrad(torch.autograd.Function):
         return grad * factor, None
 
 
+def plain_avg_pool2d(input, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    """``F.avg_pool2d`` on checked arguments (two-int kernel, stride and padding), as strideconv
+    calls it itself: as the ATen op while a torch function mode is active, so that
+    ``strideconv.corrected(pool=True)`` does not take strideconv's own plain call for a user's."""
+    if torch.overrides._is_torch_function_mode_enabled():
+        return torch.ops.aten.avg_pool2d.default(input, list(kernel), list(stride), list(padding), bool(ceil_mode),
+                                                 bool(count_include_pad), divisor_override)
+    return F.avg_pool2d(input, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+
 class CorrectedAvgPool2d(torch.autograd.Function):
     """``F.avg_pool2d`` forward (bit for bit); the backward is the true input gradient times
     ``factor``, computed in one pass by the compiled op."""
 
     @staticmethod
     def forward(input, factor, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
-        return F.avg_pool2d(input, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+        return plain_avg_pool2d(input, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -77,8 +87,8 @@ def _backward_backward(ctx, grad_grad_input):
     """The op is linear in grad_output: its adjoint pools the factor times the incoming gradient."""
     (factor,) = ctx.saved_tensors
     kernel, stride, padding, ceil_mode, count_include_pad, divisor_override = ctx.settings
-    gg = F.avg_pool2d(grad_grad_input * factor, kernel, stride, padding, ceil_mode, count_include_pad,
-                      divisor_override)
+    gg = plain_avg_pool2d(grad_grad_input * factor, kernel, stride, padding, ceil_mode, count_include_pad,
+                          divisor_override)
     return gg, None, None, None, None, None, None, None, None
 
 

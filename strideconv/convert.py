@@ -116,7 +116,8 @@ def convert(
         warnings.warn(
             "strideconv.convert left these convolutions unconverted: " + ", ".join(skipped)
             + " (a lazy convolution converts after its first forward pass; a subclass of "
-            "nn.ConvNd may have its own forward: convert it by hand)",
+            "nn.ConvNd may have its own forward: run the model inside strideconv.corrected(), which "
+            "corrects every strided convolution call however it is made)",
             stacklevel=2,
         )
     return out

@@ -135,14 +135,25 @@ def correction_factors(
     return _factors(axes, power)
 
 
+def _axis_taps(k: int, s: int, q: int, power: float) -> torch.Tensor:
+    """(k / n(r(t)))^g for each tap t of one axis, float64."""
+    n = axis_class_counts(k, s, q)
+    return torch.tensor([(k / n[(t * q) % s]) ** power for t in range(k)], dtype=torch.float64)
+
+
+def tap_factors(kernel_size, stride, dilation, power: float) -> torch.Tensor:
+    """The "kernel" factor of every tap, shape ``kernel_size`` (float64): it depends on the kernel,
+    stride and dilation only, not on the size of the input (expanded int tuples)."""
+    return _outer([_axis_taps(k, s, q, power) for k, s, q in zip(kernel_size, stride, dilation)])
+
+
 def _factors(axes, power: float) -> Factors:
     """Factors from (counts, kernel, stride, dilation) per axis."""
     counts, position, taps, alpha = [], [], [], 1.0
     for c, k, s, q in axes:
-        n = axis_class_counts(k, s, q)
         counts.append(torch.tensor(c, dtype=torch.int64))
         position.append(torch.tensor([(k / ci) ** power if ci > 0 else 0.0 for ci in c], dtype=torch.float64))
-        taps.append(torch.tensor([(k / n[(t * q) % s]) ** power for t in range(k)], dtype=torch.float64))
+        taps.append(_axis_taps(k, s, q, power))
         alpha *= axis_alpha(c, k, power)
     return Factors(_outer(counts), _outer(position), _outer(taps), alpha)
 

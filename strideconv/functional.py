@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
 import torch
@@ -9,8 +10,8 @@ import torch.nn.functional as F
 
 from . import _C
 from ._arguments import CORRECTIONS, check_correction, check_power, int_arg, int_tuple, same_padding
-from ._pooling import CorrectedAvgPool2d, ScaleGrad, factor_map
-from .factors import axis_alpha, axis_counts, transposed_factors
+from ._pooling import CorrectedAvgPool2d, ScaleGrad, factor_map, plain_avg_pool2d
+from .factors import axis_alpha, axis_counts, tap_factors
 
 __all__ = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "avg_pool2d"]
 
@@ -169,18 +170,28 @@ def _conv_transpose_nd(input, weight, bias, stride, padding, output_padding, gro
 
 def _plain_ops_conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation, correction,
                               power, nd):
-    """The normalised transposed convolution written with plain torch ops and precomputed
-    factors (for exporters, which need standard ops)."""
+    """The normalised transposed convolution written with standard ops, for exporters (ONNX).
+
+    Nothing depends on the traced size: the tap factors depend on the kernel, stride and dilation
+    only, and the count map is computed in the graph, as the transposed convolution of ones (an
+    input of ones shaped like the input's spatial dims, an all-ones kernel), so an export with
+    dynamic height and width normalises every size correctly."""
     plain = _PLAIN_TRANSPOSED[nd]
     if correction == "none":
         return plain(input, weight, bias, stride, padding, output_padding, groups, dilation)
-    f = transposed_factors(tuple(input.shape[-nd:]), tuple(weight.shape[2:]), stride, padding, output_padding,
-                           dilation, power)
+    kernel = tuple(weight.shape[2:])
     if correction == "kernel":
-        return plain(input, weight * f.kernel.to(weight), bias, stride, padding, output_padding, groups, dilation)
-    if correction == "map":
-        return plain(input, weight * f.map, bias, stride, padding, output_padding, groups, dilation)
-    out = plain(input, weight, None, stride, padding, output_padding, groups, dilation) * f.position.to(input)
+        taps = tap_factors(kernel, stride, dilation, power).to(weight)
+        return plain(input, weight * taps, bias, stride, padding, output_padding, groups, dilation)
+    lead = input.dim() - nd  # 2 batched, 1 unbatched
+    ones = torch.ones_like(input.flatten(0, lead - 1)[:1]).unsqueeze(0)  # (1, 1, *spatial)
+    counts = plain(ones, ones.new_ones((1, 1) + kernel), None, stride, padding, output_padding, 1, dilation)
+    taps = math.prod(kernel)
+    if correction == "map":  # alpha = K^g / sqrt(mean C^(2g)) over the output
+        alpha = taps**power / counts.pow(2 * power).mean().sqrt()
+        return plain(input, weight * alpha, bias, stride, padding, output_padding, groups, dilation)
+    factor = (taps / counts.clamp(min=1)).pow(power)  # where C = 0 the output is 0 anyway
+    out = plain(input, weight, None, stride, padding, output_padding, groups, dilation) * (factor if lead == 2 else factor[0])
     return out if bias is None else out + bias.reshape((-1,) + (1,) * nd)
 
 
@@ -249,4 +260,6 @@ def avg_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mo
                             input.device, input.dtype)
         return CorrectedAvgPool2d.apply(input, factor, kernel, stride_, pad, bool(ceil_mode), bool(count_include_pad),
                                         divisor_override)
+    if valid:
+        return plain_avg_pool2d(input, kernel, stride_, pad, ceil_mode, count_include_pad, divisor_override)
     return F.avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
