@@ -383,6 +383,33 @@ def test_onnx_export_keeps_the_normalisation(tmp_path, correction, dynamo):
     torch.testing.assert_close(torch.from_numpy(out), m(x).detach(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("correction", CORRECTED)
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_onnx_export_with_dynamic_sizes_normalises_every_size(tmp_path, nd, correction, dynamo):
+    """Exported with dynamic spatial sizes (and batch), the model normalises inputs of other sizes
+    as PyTorch does: the count map is computed in the graph, not baked in at the traced size."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    torch.manual_seed(nd)
+    m = OURS_M[nd](4, 3, 3, stride=2, padding=1, output_padding=1, correction=correction).eval()
+    traced = torch.randn((2, 4) + (5, 6, 4)[:nd])
+    path = str(tmp_path / "m.onnx")
+    spatial = [f"s{d}" for d in range(nd)]
+    if dynamo:
+        dims = {0: torch.export.Dim("batch", min=1, max=64)}
+        dims.update({2 + d: torch.export.Dim(spatial[d], min=2, max=64) for d in range(nd)})
+        torch.onnx.export(m, (traced,), path, dynamo=True, dynamic_shapes=({**dims},), input_names=["x"])
+    else:
+        axes = {0: "batch", **{2 + d: spatial[d] for d in range(nd)}}
+        torch.onnx.export(m, (traced,), path, dynamo=False, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": axes, "y": axes})
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for size in [(5, 6, 4), (8, 13, 7), (3, 2, 5)]:
+        x = torch.randn((3, 4) + size[:nd])
+        (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        torch.testing.assert_close(torch.from_numpy(out), m(x).detach(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_devices_agree_with_the_reference(device):
     x, w, b = operands(2, (4, 3), (5, 6), 2, seed=4, device=device, dtype=torch.float32)
