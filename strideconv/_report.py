@@ -5,6 +5,8 @@ The command line is ``python -m strideconv.report`` (strideconv/report.py).
 
 from __future__ import annotations
 
+import collections
+import itertools
 import math
 from typing import NamedTuple
 
@@ -33,8 +35,25 @@ class Layer(NamedTuple):
     correction: str
 
 
+_LEGEND = """\
+counted size: the spatial size whose positions are counted (a layer's input, padded as the layer
+  pads it; a transposed layer's output).
+count cell: how many kernel windows reach each position, over one stride period away from the
+  borders ("uniform: 1" when every position gets the same count; shares when the cell is large).
+  A plain stride-1 layer gives every position K windows.
+mean count / K: the mean count over the number of taps K: what the plain backward's input-gradient
+  variance is, relative to a stride-1 layer's (a transposed layer: its output variance).
+alpha: the scalar of correction="map" at the layer's power.
+correction: the layer's setting (a torch.nn layer has none; strideconv.convert or
+  strideconv.corrected() gives it one)."""
+
+
 class Report(list):
-    """A list of ``Layer`` rows; ``str()`` gives a Markdown table."""
+    """A list of ``Layer`` rows; ``str()`` gives a Markdown table, ``legend()`` what its columns say."""
+
+    @staticmethod
+    def legend() -> str:
+        return _LEGEND
 
     def __str__(self) -> str:
         head = ["layer", "type", "counted size", "kernel", "stride", "padding", "count cell",
@@ -52,15 +71,27 @@ class Report(list):
         return "\n".join(lines)
 
 
+_CELL_ENTRIES = 16  # cells up to this many positions are printed whole (a 4x4 cell)
+
+
 def _cell(kernel, stride, padding, dilation) -> str:
-    """n((i + p) mod s) per axis for one period of positions, as '[1 2; 2 4]' in 2-D."""
+    """The counts n((i + p) mod s) over one stride period of positions, summarised: "uniform: 1"
+    when every position has the same count; else the cell itself when it is small ('[1 2; 2 4]'
+    in 2-D, a product of per-axis lists otherwise); else the distinct counts and the share of
+    positions with each ('1: 56%, 2: 38%, 4: 6%')."""
     axes = []
     for k, s, p, q in zip(kernel, stride, padding, dilation):
         n = axis_class_counts(k, s, q)
         axes.append([n[(i + p) % s] for i in range(s)])
-    if len(axes) == 2:
-        return "[" + "; ".join(" ".join(str(a * b) for b in axes[1]) for a in axes[0]) + "]"
-    return " x ".join("[" + " ".join(str(v) for v in a) + "]" for a in axes)
+    entries = [math.prod(c) for c in itertools.product(*axes)]
+    if len(set(entries)) == 1:
+        return f"uniform: {entries[0]}"
+    if len(entries) <= _CELL_ENTRIES:
+        if len(axes) == 2:
+            return "[" + "; ".join(" ".join(str(a * b) for b in axes[1]) for a in axes[0]) + "]"
+        return " x ".join("[" + " ".join(str(v) for v in a) + "]" for a in axes)
+    shares = collections.Counter(entries)
+    return ", ".join(f"{count}: {100 * shares[count] / len(entries):.0f}%" for count in sorted(shares))
 
 
 def _geometry(module, input, nd: int):

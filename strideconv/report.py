@@ -53,10 +53,19 @@ def _load(target: str) -> nn.Module:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m strideconv.report", description=__doc__.splitlines()[0])
-    parser.add_argument("target", help="FILE.py:NAME, NAME a module instance or a callable returning one")
-    parser.add_argument("--input-size", type=int, nargs="+", required=True, help="e.g. 1 3 224 224")
-    parser.add_argument("--min-stride", type=int, default=2)
+    parser = argparse.ArgumentParser(
+        prog="python -m strideconv.report", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="List every strided convolution, transposed convolution and average pooling of a\n"
+                    "model defined in a Python file, with how unevenly its backward reaches each input\n"
+                    "position. Prints a Markdown table, then what its columns mean.",
+        epilog="example:\n  python -m strideconv.report models/net.py:make_model --input-size 1 3 224 224")
+    parser.add_argument("target", metavar="FILE.py:NAME",
+                        help="NAME is a module instance in FILE.py, or a function that returns one; without "
+                             ":NAME, the file's only module instance")
+    parser.add_argument("--input-size", type=int, nargs="+", required=True, metavar="N",
+                        help="the size of an example input, batch first (e.g. 1 3 224 224)")
+    parser.add_argument("--min-stride", type=int, default=2, metavar="S",
+                        help="list layers whose largest stride is at least S (default 2)")
     args = parser.parse_args(argv)
     model = _load(args.target).eval()
     try:
@@ -66,6 +75,8 @@ def main(argv=None) -> int:
             f"strideconv.report: the model failed on an input of size {args.input_size}: {type(exc).__name__}: {exc}"
         ) from None
     print(rows)
+    print()
+    print(rows.legend())
     return 0
 
 

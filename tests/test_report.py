@@ -24,7 +24,7 @@ def test_report_rows():
     stem, patch, pool, pointwise = rows
     assert stem.input_size == (32, 32) and patch.input_size == (16, 16) and pointwise.input_size == (2, 2)
     assert stem.cell == "[1 2; 2 4]"  # padding 1 shifts [4 2; 2 1] by one position
-    assert patch.cell == "[1 1 1 1; 1 1 1 1; 1 1 1 1; 1 1 1 1]"
+    assert patch.cell == "uniform: 1"
     for row, (size, k, s, p) in zip((stem, patch, pointwise), (((32, 32), 3, 2, 1), ((16, 16), 4, 4, 0), ((2, 2), 1, 2, 0))):
         f = strideconv.correction_factors(size, k, s, p)
         assert row.deficit == pytest.approx(f.counts.double().mean().item() / k**2)
@@ -34,6 +34,16 @@ def test_report_rows():
     assert pool.correction == "kernel" and pool.kind == "AvgPool2d"
     table = str(rows)
     assert table.count("\n") == 1 + len(rows) and "| 0 | Conv2d | 32x32 | 3x3 | 2x2 | 1x1 | [1 2; 2 4] |" in table
+
+
+def test_large_cells_are_summarised_by_their_shares():
+    """A cell of more than 16 positions is given as each distinct count with the share of positions
+    that have it, read here off one stride period in the interior of the reference count map."""
+    (row,) = strideconv.report(nn.Sequential(nn.Conv2d(1, 1, 7, 5)), torch.zeros(1, 1, 60, 60))
+    period = count_map_by_autograd((60, 60), (7, 7), (5, 5), (0, 0), (1, 1))[20:25, 20:25].flatten().tolist()
+    shares = {c: period.count(c) / len(period) for c in sorted(set(period))}
+    assert row.cell == ", ".join(f"{int(c)}: {100 * share:.0f}%" for c, share in shares.items())
+    assert len(shares) == 3  # counts 1, 2 and 4
 
 
 def test_report_command_line(tmp_path):
@@ -49,7 +59,14 @@ def test_report_command_line(tmp_path):
     ).stdout
     lines = [line for line in out.splitlines() if line.startswith("| ")]
     assert len(lines) == 3  # header and two strided layers
-    assert "| 2 | Conv2d | 8x8 | 2x2 | 2x2 | 0x0 | [1 1; 1 1] | 0.250 |" in out
+    assert "| 2 | Conv2d | 8x8 | 2x2 | 2x2 | 0x0 | uniform: 1 | 0.250 |" in out
+    assert "count cell: how many kernel windows reach each position" in out  # the legend
+
+
+def test_command_line_help_is_plain_text():
+    out = run_cli("--help").stdout
+    assert "usage: python -m strideconv.report" in out and "--input-size N" in out and "example:" in out
+    assert "``" not in out and "**" not in out
 
 
 def test_padding_modes_use_the_count_map_of_the_padded_input():
