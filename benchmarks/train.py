@@ -94,10 +94,14 @@ def split_runs(setting: str, variant: str, runs, res, first_round: bool):
     return out
 
 
+QUICK_EVAL = 100
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 seeds, a few dozen steps")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 seeds, 10 steps of at most 16 examples, 100 examples to validate "
+                                                          "and test on, one thread")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--settings", nargs="*", default=[s.name for s in SETTINGS],
                         choices=[s.name for s in SETTINGS])
@@ -116,10 +120,14 @@ def main(argv=None):
     settings = [s for s in SETTINGS if s.name in args.settings]
     seeds = list(range(2 if args.quick else args.seeds))
     if args.quick:
-        settings = [replace(s, steps=20, eval_every=10) for s in settings]
+        settings = [replace(s, steps=10, eval_every=5, batch=min(s.batch, 16), probe=32) for s in settings]
+        torch.set_num_threads(1)
 
     t0 = time.perf_counter()
     datasets = {name: load_data(name) for name in {s.data for s in settings}}
+    if args.quick:  # a smoke run: validate and test on QUICK_EVAL examples each
+        datasets = {name: (x, y, xv[:QUICK_EVAL], yv[:QUICK_EVAL], xt[:QUICK_EVAL], yt[:QUICK_EVAL])
+                    for name, (x, y, xv, yv, xt, yt) in datasets.items()}
     grids, rows = sweep(settings, seeds, args.device, args.jobs, args.widen, datasets)
     os.makedirs(args.out, exist_ok=True)
     meta = dict(describe(args.device, "benchmarks/train.py", argv), wall_s=time.perf_counter() - t0)

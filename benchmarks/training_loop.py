@@ -17,7 +17,6 @@ from training_models import grouped_model, shared_batch, side_input
 from training_setup import Setting
 
 
-PROBE = 256  # training examples in the fixed batch whose input gradients are measured
 
 
 def run_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -108,7 +107,7 @@ def train(setting: Setting, correction, power, init: str, runs: List[Tuple[float
     g = len(runs)
     opt = RunOptimizer(model.parameters(), setting.optimizer, [lr for lr, _ in runs])
     order = torch.stack([batch_order(seed, len(y), setting.batch, setting.steps) for _, seed in runs]).to(device)
-    probe = (x[:PROBE], y[:PROBE])  # a fixed batch for the gradient norms
+    probe = (x[:setting.probe], y[:setting.probe])  # a fixed batch for the gradient norms
     out = dict(grad_rms_init=input_grad_rms(model, *probe), steps=[], train_loss=[], test_acc=[])
     running = torch.zeros(g, device=device)
     step_seconds = 0.0

@@ -58,6 +58,7 @@ class Setting:
     eval_every: int
     inits: Tuple[str, ...]  # the inits this network is run from
     note: str
+    probe: int = 256  # training examples in the fixed batch whose input gradients are measured
 
     def variants(self) -> List[Variant]:
         return [v for v in VARIANTS if v.init in self.inits]
