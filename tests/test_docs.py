@@ -43,3 +43,13 @@ def test_the_readme_is_short_and_links_every_page():
     assert len(text.splitlines()) <= 200
     for page in PAGES[1:]:
         assert f"docs/{page.name}" in text, f"README.md does not link docs/{page.name}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_code_of_every_page_runs(page):
+    """Every Python block of a page runs as written (in one namespace, in order)."""
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+    assert blocks or page.name != "README.md"
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, str(page.relative_to(ROOT)), "exec"), namespace)
