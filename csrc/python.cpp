@@ -1,6 +1,7 @@
 // The Python module strideconv._C. Importing it runs the operator
-// registrations of the other files; it also exposes `conv`, the eager entry
-// point of strideconv.functional; and `conv_transpose`, the same for
+// registrations of the other files; it also exposes `conv_fast`, the common eager
+// call of strideconv.functional, checked in C++; `conv`, the eager entry of
+// strideconv.functional and the modules; and `conv_transpose`, the same for
 // torch.ops.strideconv.conv_transpose.
 //
 // `conv` calls the same registered operator as torch.ops.strideconv.conv, through the
@@ -10,11 +11,102 @@
 // slower than F.conv2d, whose binding is unboxed too. Python falls back to torch.ops
 // while torch.compile traces and whenever __torch_function__ is in play.
 
+#include <ATen/PythonTorchFunctionTLS.h>
+#include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/jit/frontend/tracer.h>
 #include <torch/extension.h>
+
+#include <array>
+#include <cmath>
 
 #include "ops.h"
 
+namespace {
+
+namespace py = pybind11;
+
+// A Python int that fits int64_t (not a bool, which is a subclass).
+bool exact_int(PyObject* h, int64_t& value) {
+  if (!PyLong_CheckExact(h)) return false;
+  int overflow = 0;
+  value = PyLong_AsLongLongAndOverflow(h, &overflow);
+  if (value == -1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    return false;
+  }
+  return overflow == 0;
+}
+
+// One value per spatial dim from an int, or a tuple of 1 or nd ints (as the modules store them).
+bool int_list(py::handle h, int64_t nd, std::array<int64_t, 3>& out) {
+  int64_t v = 0;
+  if (exact_int(h.ptr(), v)) {
+    out.fill(v);
+    return true;
+  }
+  if (!PyTuple_CheckExact(h.ptr())) return false;
+  const Py_ssize_t n = PyTuple_GET_SIZE(h.ptr());
+  if (n != 1 && n != nd) return false;
+  for (Py_ssize_t i = 0; i < nd; ++i) {
+    if (!exact_int(PyTuple_GET_ITEM(h.ptr(), n == 1 ? 0 : i), out[i])) return false;
+  }
+  return true;
+}
+
+// A torch.Tensor or nn.Parameter, not a subclass (which may define __torch_function__).
+bool plain_tensor(py::handle h) {
+  return THPVariable_CheckExact(h.ptr());
+}
+
+// The common eager call of strideconv.functional.conv1d/2d/3d and of the modules, checked and
+// run here rather than in Python (about 2 us of Python per call): stride, padding and dilation
+// each a plain int or a tuple of 1 or nd plain ints (as the modules store them), an int groups, a float power in (0, inf), a known correction, tensors of the exact Tensor or
+// Parameter types (no subclass: no __torch_function__), no torch function mode, a batched
+// input, no jit tracing. Anything else returns None,
+// and the Python entry takes its general path (every normalisation, every refusal in torch's
+// words). Python checks first that torch.compile is not tracing: dynamo must see the op.
+py::object conv_fast(py::handle input, py::handle weight, py::handle bias, py::handle stride, py::handle padding,
+                     py::handle dilation, py::handle groups, py::handle correction, py::handle power, int64_t nd) {
+  std::array<int64_t, 3> sv{}, pv{}, dv{};
+  int64_t g = 0;
+  if (nd < 1 || nd > 3 || !int_list(stride, nd, sv) || !int_list(padding, nd, pv) || !int_list(dilation, nd, dv) ||
+      !exact_int(groups.ptr(), g) || !PyFloat_CheckExact(power.ptr()) || !PyUnicode_CheckExact(correction.ptr())) {
+    return py::none();
+  }
+  const double pw = PyFloat_AS_DOUBLE(power.ptr());
+  if (!(pw > 0 && pw < INFINITY)) return py::none();
+  Py_ssize_t length = 0;
+  const char* chars = PyUnicode_AsUTF8AndSize(correction.ptr(), &length);
+  if (chars == nullptr) {
+    PyErr_Clear();
+    return py::none();
+  }
+  const c10::string_view name(chars, static_cast<size_t>(length));
+  if (name != "position" && name != "kernel" && name != "map" && name != "none") return py::none();
+  if (!plain_tensor(input) || !plain_tensor(weight) || !(bias.is_none() || plain_tensor(bias)) ||
+      at::impl::torch_function_mode_enabled() || torch::jit::tracer::isTracing()) {
+    return py::none();
+  }
+  const at::Tensor& x = THPVariable_Unpack(input.ptr());
+  if (x.dim() != nd + 2) return py::none();
+  const at::Tensor& w = THPVariable_Unpack(weight.ptr());
+  std::optional<at::Tensor> b;
+  if (!bias.is_none()) b = THPVariable_Unpack(bias.ptr());
+  at::Tensor out;
+  {
+    py::gil_scoped_release no_gil;
+    out = strideconv::call_conv(x, w, b, at::IntArrayRef(sv.data(), nd), at::IntArrayRef(pv.data(), nd),
+                                at::IntArrayRef(dv.data(), nd), g, name, pw);
+  }
+  return py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(out)));
+}
+
+}  // namespace
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("conv_fast", &conv_fast,
+        "strideconv.functional's common eager call, checked in C++; None where the Python entry must "
+        "take its general path");
   m.def("conv", &strideconv::call_conv, "strideconv::conv, called through the dispatcher",
         pybind11::arg("input"), pybind11::arg("weight"), pybind11::arg("bias"),
         pybind11::arg("stride"), pybind11::arg("padding"), pybind11::arg("dilation"),

@@ -9,21 +9,20 @@ import torch
 import torch.nn.functional as F
 
 from . import _C
-from ._arguments import CORRECTIONS, check_correction, check_power, int_arg, int_tuple, same_padding
+from ._arguments import check_correction, check_power, int_arg, int_tuple, same_padding
 from ._pooling import CorrectedAvgPool2d, ScaleGrad, factor_map, plain_avg_pool2d
 from .factors import axis_alpha, axis_counts, tap_factors
 
 __all__ = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "avg_pool2d"]
 
 _conv_op = torch.ops.strideconv.conv.default
+_conv_fast = _C.conv_fast
 _conv_transpose_op = torch.ops.strideconv.conv_transpose.default
 _has_torch_function = torch.overrides.has_torch_function_variadic
 _is_compiling = torch.compiler.is_compiling
 _is_tracing = torch._C._is_tracing
 _in_onnx_export = torch.onnx.is_in_onnx_export
 _PLAIN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_CHOICES = frozenset(CORRECTIONS)
-_INF = float("inf")
 _PLAIN_TRANSPOSED = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
@@ -71,13 +70,13 @@ def _conv_nd(input, weight, bias, stride, padding, dilation, groups, correction,
 
     Kept lean on purpose: on a GPU, a small convolution's time is mostly this host code.
     """
-    # The common call first: plain ints, a batched input, nothing tracing. Everything else
-    # (and every refusal) takes the general path below.
-    if (type(stride) is int and type(padding) is int and type(dilation) is int and type(groups) is int
-            and type(power) is float and 0 < power < _INF and type(correction) is str and correction in _CHOICES
-            and input.dim() == nd + 2 and _fast_path_allowed(input, weight, bias)):
-        return _C.conv(input, weight, bias, (stride,) * nd, (padding,) * nd, (dilation,) * nd, groups, correction,
-                       power)
+    # The common call first, checked in C++ (_C.conv_fast): plain ints, a batched input, nothing
+    # tracing, no __torch_function__. It returns None for everything else (and every refusal),
+    # which takes the general path below. torch.compile must see the op: checked here first.
+    if not _is_compiling():
+        out = _conv_fast(input, weight, bias, stride, padding, dilation, groups, correction, power, nd)
+        if out is not None:
+            return out
     correction, power = check_correction(correction), check_power(power)
     batched = _check_dims(input, nd, f"conv{nd}d")
     stride, dilation = int_tuple(stride, nd, "stride"), int_tuple(dilation, nd, "dilation")

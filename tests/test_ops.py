@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import strideconv  # noqa: F401
+import strideconv
 from strideconv.functional import conv2d
 
 
@@ -180,6 +180,19 @@ def test_torch_function_modes_and_subclasses_see_the_op():
     y = conv2d(x.as_subclass(Tagged), w, stride=2)
     assert type(y) is type(torch.nn.functional.conv2d(x.as_subclass(Tagged), w, stride=2)) is Tagged
     assert torch.equal(y.as_subclass(torch.Tensor), conv2d(x, w, stride=2))
+
+    # the modules too (their common call is checked in C++, which must step aside for both)
+    seen.clear()
+    module = strideconv.Conv2d(2, 3, 3, stride=2)
+    with Record():
+        module(x)
+    assert torch.ops.strideconv.conv.default in seen
+    y = module(x.as_subclass(Tagged))
+    assert type(y) is Tagged and torch.equal(y.as_subclass(torch.Tensor), module(x))
+    # and torch.jit.trace records the op
+    traced = torch.jit.trace(module, (x,))
+    assert "strideconv::conv" in str(traced.graph)
+    assert torch.equal(traced(x), module(x))
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script:DeprecationWarning")  # torch's forward_ad import
