@@ -119,6 +119,10 @@ struct BiasSizes {
 // options the forward checked, and whether there was a bias.
 struct ConvNode : Node {
   SavedVariable input_, weight_;
+  // Under autocast, the weight before its cast to the lower precision: the scaled weight is
+  // computed from it, so that it is rounded once, as the plain weight is (autocast.cpp).
+  SavedVariable full_weight_;
+  bool has_full_weight = false;
   ConvOptions o;
   bool has_bias = false;
 
@@ -126,6 +130,7 @@ struct ConvNode : Node {
     std::lock_guard<std::mutex> lock(mutex_);
     input_.reset_data();
     weight_.reset_data();
+    full_weight_.reset_data();
   }
 
   // The gradients of input, weight and bias for the incoming `grad`, each where wanted.
@@ -146,18 +151,7 @@ struct ConvNode : Node {
 // scale_weight (grad_weight and grad_bias do not depend on it, so they come out
 // true), then, for "position", scale_border_ on the border band of grad_input.
 struct ConvBackward final : ConvNode {
-  // Under autocast, the weight before its cast to the lower precision: the scaled weight is
-  // computed from it, so that it is rounded once, as the plain weight is (autocast.cpp).
-  SavedVariable full_weight_;
-  bool has_full_weight = false;
-
   std::string name() const override { return "strideconv::ConvBackward"; }
-
-  void release_variables() override {
-    ConvNode::release_variables();
-    std::lock_guard<std::mutex> lock(mutex_);
-    full_weight_.reset_data();
-  }
 
   variable_list gradients(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
                           bool need_input, bool need_weight, bool need_bias) override {
@@ -237,10 +231,26 @@ struct ConvTransposeBackward final : ConvNode {
     if (o.correction != Correction::None && output_is_cheaper(weight.sym_numel(), grad.sym_numel())) {
       if (need_bias) grad_bias = plain_bias_gradient();
       if (need_input || need_weight) {
+        // Reduced precision: float32 factors, and the product rounded once (as in the forward).
+        const bool reduced = grad.scalar_type() == at::kHalf || grad.scalar_type() == at::kBFloat16;
+        at::Tensor like = grad.detach();
+        if (reduced) {
+          std::vector<c10::SymInt> shape{1, 1};
+          for (const auto& size : grad.sym_sizes().slice(2)) shape.push_back(size);
+          like = at::empty_symint(shape, grad.options().dtype(at::kFloat));
+        }
         const at::Tensor factors = call_output_factors(
-            grad.detach(), kernel_size, o.stride_list(), o.padding_list(), o.dilation_list(),
+            like, kernel_size, o.stride_list(), o.padding_list(), o.dilation_list(),
             o.output_padding_list(), correction_name(o.correction), o.power);
-        const at::Tensor scaled = in_place ? grad.mul_(factors) : grad.mul(factors);
+        at::Tensor scaled;
+        if (in_place) {
+          scaled = grad.mul_(factors);
+        } else if (reduced && !differentiable) {
+          scaled = at::empty_like(grad);
+          at::mul_out(scaled, grad, factors);
+        } else {
+          scaled = grad.mul(factors.to(grad.scalar_type()));
+        }
         std::tie(grad_input, grad_weight, std::ignore) = at::convolution_backward_symint(
             scaled, input, weight, std::nullopt, c10::fromIntArrayRefSlow(o.stride_list()),
             c10::fromIntArrayRefSlow(o.padding_list()), c10::fromIntArrayRefSlow(o.dilation_list()),
@@ -257,6 +267,10 @@ struct ConvTransposeBackward final : ConvNode {
     const auto scale = [&](const at::Tensor& t) {
       return call_scale_weight(t, output_size, o.stride_list(), o.padding_list(), o.dilation_list(),
                                correction_name(o.correction), o.power, o.output_padding_list());
+    };
+    // the scaled weight, from the full-precision one under autocast (rounded once)
+    const auto scaled_weight = [&] {
+      return has_full_weight ? scale(full_weight_.unpack()).to(weight.scalar_type()) : scale(weight);
     };
     at::Tensor g = grad;
     if (o.correction == Correction::Position && (need_input || need_weight) &&
@@ -275,7 +289,7 @@ struct ConvTransposeBackward final : ConvNode {
     const BiasSizes bias(weight.sym_size(1) * o.groups, need_bias);
     at::Tensor aten_bias;
     std::tie(grad_input, grad_weight, aten_bias) = at::convolution_backward_symint(
-        g, input, scaled && (need_input || need_weight) ? scale(weight) : weight, bias.sizes,
+        g, input, scaled && (need_input || need_weight) ? scaled_weight() : weight, bias.sizes,
         c10::fromIntArrayRefSlow(o.stride_list()), c10::fromIntArrayRefSlow(o.padding_list()),
         c10::fromIntArrayRefSlow(o.dilation_list()), /*transposed=*/true,
         c10::fromIntArrayRefSlow(o.output_padding_list()), c10::SymInt(o.groups),
@@ -463,7 +477,7 @@ at::Tensor scale_border_autograd(
 }  // namespace
 
 void keep_full_precision_weight(const at::Tensor& output, const at::Tensor& weight) {
-  auto* node = dynamic_cast<ConvBackward*>(output.grad_fn().get());
+  auto* node = dynamic_cast<ConvNode*>(output.grad_fn().get());
   if (node == nullptr || !weight.defined() || weight.scalar_type() == node->weight_.unpack().scalar_type()) return;
   node->full_weight_ = SavedVariable(weight, /*is_output=*/false);
   node->has_full_weight = true;

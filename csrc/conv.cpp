@@ -134,15 +134,23 @@ at::Tensor conv_transpose(
       const double alpha = map_alpha(g, power);
       return with_bias ? at::add(bias->view(channel_shape), out, alpha) : out.mul_(alpha);
     }
-    const at::Tensor factors = output_factor_map(g, kind, power, out.scalar_type(), out.device());
-    return with_bias ? at::addcmul(bias->view(channel_shape), out, factors) : out.mul_(factors);
+    // Reduced precision: the factors stay in float32, and the one pass rounds once.
+    const bool reduced = out.scalar_type() == at::kHalf || out.scalar_type() == at::kBFloat16;
+    const at::Tensor factors =
+        output_factor_map(g, kind, power, reduced ? at::kFloat : out.scalar_type(), out.device());
+    if (!with_bias) return out.mul_(factors);
+    if (reduced) return at::addcmul_out(out, bias->view(channel_shape), out, factors);
+    return at::addcmul(bias->view(channel_shape), out, factors);
   }
 
   // The weight path; ATen adds any bias.
   at::Tensor w = weight;
   if (kind == Correction::Map || !taps_trivial(kernel_size, o.stride_list(), o.dilation_list())) {
-    w = call_scale_weight(weight, c10::fromIntArrayRefSlow(lengths), o.stride_list(), o.padding_list(),
+    // Under autocast, from the weight before its cast: rounded once (FullPrecisionWeight).
+    const at::Tensor& source = FullPrecisionWeight::source_of(weight);
+    w = call_scale_weight(source, c10::fromIntArrayRefSlow(lengths), o.stride_list(), o.padding_list(),
                           o.dilation_list(), correction, power, o.output_padding_list());
+    if (w.scalar_type() != weight.scalar_type()) w = w.to(weight.scalar_type());
   }
   at::Tensor out = at::convolution(input, w, bias, stride, padding, dilation, /*transposed=*/true,
                                    output_padding, groups);

@@ -56,8 +56,27 @@ void call_scale_border_(
     at::IntArrayRef padding, at::IntArrayRef dilation, double power,
     at::IntArrayRef output_padding = {}, const std::optional<at::Tensor>& bias = std::nullopt);
 
-// Under autocast: let the backward of the conv that made `output` scale `weight` (the weight
-// before its cast) rather than the cast weight it saved; nothing if `output` has no such node.
+// Under autocast: let the backward of the conv (or conv_transpose) that made `output` scale
+// `weight` (the weight before its cast) rather than the cast weight it saved; nothing if `output`
+// has no such node.
 void keep_full_precision_weight(const at::Tensor& output, const at::Tensor& weight);
+
+// Under autocast, while a conv_transpose call runs on `cast`, the weight autocast cast from
+// `full`: the forward's weight path scales `full` and rounds once, as the plain weight is
+// rounded once (a scope on this thread, set by autocast.cpp, read by conv.cpp).
+class FullPrecisionWeight {
+ public:
+  FullPrecisionWeight(const at::Tensor& cast, const at::Tensor& full);
+  ~FullPrecisionWeight();
+  FullPrecisionWeight(const FullPrecisionWeight&) = delete;
+  FullPrecisionWeight& operator=(const FullPrecisionWeight&) = delete;
+  // The full-precision weight `weight` was cast from, inside such a scope; else `weight`.
+  static const at::Tensor& source_of(const at::Tensor& weight);
+
+ private:
+  const at::Tensor* cast_;
+  const at::Tensor* full_;
+  const FullPrecisionWeight* previous_;
+};
 
 }  // namespace strideconv
