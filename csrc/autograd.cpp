@@ -25,14 +25,12 @@
 #include <ATen/EmptyTensor.h>
 #include <ATen/FuncTorchTLS.h>
 #include <ATen/MemoryOverlap.h>
-#include <ATen/Parallel.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -41,6 +39,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/scale_rows.h"
 #include "ops.h"
 #include "options.h"
 #include "output_factors.h"
@@ -110,11 +109,11 @@ bool ours_to_scale(const at::Tensor& grad) {
 
 // `source` (a contiguous CPU weight of the same float or double dtype as `like`) times the tap
 // factors `f` (contiguous, one value per tap, repeating along the weight's rows) into a new
-// tensor `out`, in one loop and without a dispatched op; false (nothing done) for anything
-// else. Inside the backward, the first dispatched op ahead of the convolution backward was
-// measured at about 4 us per call on CPU (a 3x3 weight: `at::mul` in a C++ loop costs 0.5);
-// this loop costs what the multiply costs. The rounding is the same: one multiply in the
-// weight's dtype by factors of that dtype.
+// tensor `out`, by the scale_taps kernel's loop (cpu/scale_rows.h) and without a dispatched op;
+// false (nothing done) for anything else. Inside the backward, the first dispatched op ahead of
+// the convolution backward was measured at about 4 us per call on CPU (a 3x3 weight: `at::mul`
+// in a C++ loop costs 0.5); this loop costs what the multiply costs. The rounding is the same:
+// one multiply in the weight's dtype by factors of that dtype.
 bool scale_rows_on_cpu(const at::Tensor& source, const at::Tensor& f, const at::Tensor& like, at::Tensor& out) {
   const at::ScalarType dtype = like.scalar_type();
   if (!source.is_cpu() || source.scalar_type() != dtype || f.scalar_type() != dtype ||
@@ -125,21 +124,14 @@ bool scale_rows_on_cpu(const at::Tensor& source, const at::Tensor& f, const at::
   const int64_t taps = f.numel(), n = source.numel();
   if (taps == 0 || n % taps != 0) return false;
   out = at::detail::empty_cpu(source.sizes(), dtype, /*pin_memory=*/false, c10::MemoryFormat::Contiguous);
-  const int64_t rows = n / taps;
   AT_DISPATCH_FLOATING_TYPES(dtype, "strideconv_scale_rows", [&] {
-    const scalar_t* a = source.const_data_ptr<scalar_t>();
-    const scalar_t* b = f.const_data_ptr<scalar_t>();
-    scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / taps), [&](int64_t first, int64_t last) {
-      for (int64_t r = first; r < last; ++r) {
-        for (int64_t t = 0; t < taps; ++t) o[r * taps + t] = a[r * taps + t] * b[t];
-      }
-    });
+    scale_rows(source.const_data_ptr<scalar_t>(), f.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+               n / taps, taps);
   });
   return true;
 }
 
-// The bias gradient's sizes// The bias gradient's sizes (one entry per output channel) for
+// The bias gradient's sizes (one entry per output channel) for
 // convolution_backward, or none when it is not wanted.
 struct BiasSizes {
   c10::SymInt size;
@@ -160,6 +152,9 @@ struct ConvNode : Node {
   bool has_full_weight = false;
   ConvOptions o;
   bool has_bias = false;
+
+  // The weight to scale: the one before the autocast cast if kept, else `weight`.
+  at::Tensor weight_to_scale(const at::Tensor& weight) { return has_full_weight ? full_weight_.unpack() : weight; }
 
   void release_variables() override {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -201,7 +196,7 @@ struct ConvBackward final : ConvNode {
     at::Tensor w = weight;
     if (corrected &&
         (o.correction == Correction::Map || !taps_trivial(kernel_size, o.stride_list(), o.dilation_list()))) {
-      const at::Tensor source = has_full_weight ? full_weight_.unpack() : weight;
+      const at::Tensor source = weight_to_scale(weight);
       if (!differentiable && concrete(source)) {
         // The cached factors (the forward checked the options): one multiply, in float32
         // or float64, rounded once to the weight's dtype.
@@ -269,7 +264,7 @@ struct ConvTransposeBackward final : ConvNode {
       if (need_bias) grad_bias = plain_bias_gradient();
       if (need_input || need_weight) {
         // Reduced precision: float32 factors, and the product rounded once (as in the forward).
-        const bool reduced = grad.scalar_type() == at::kHalf || grad.scalar_type() == at::kBFloat16;
+        const bool reduced = reduced_precision(grad.scalar_type());
         at::Tensor like = grad.detach();
         if (reduced) {
           std::vector<c10::SymInt> shape{1, 1};
@@ -306,9 +301,7 @@ struct ConvTransposeBackward final : ConvNode {
                                correction_name(o.correction), o.power, o.output_padding_list());
     };
     // the scaled weight, from the full-precision one under autocast (rounded once)
-    const auto scaled_weight = [&] {
-      return has_full_weight ? scale(full_weight_.unpack()).to(weight.scalar_type()) : scale(weight);
-    };
+    const auto scaled_weight = [&] { return scale(weight_to_scale(weight)).to(weight.scalar_type()); };
     at::Tensor g = grad;
     if (o.correction == Correction::Position && (need_input || need_weight) &&
         !band_is_empty(grad, kernel_size)) {

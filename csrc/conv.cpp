@@ -135,7 +135,7 @@ at::Tensor conv_transpose(
       return with_bias ? at::add(bias->view(channel_shape), out, alpha) : out.mul_(alpha);
     }
     // Reduced precision: the factors stay in float32, and the one pass rounds once.
-    const bool reduced = out.scalar_type() == at::kHalf || out.scalar_type() == at::kBFloat16;
+    const bool reduced = reduced_precision(out.scalar_type());
     const at::Tensor factors =
         output_factor_map(g, kind, power, reduced ? at::kFloat : out.scalar_type(), out.device());
     if (!with_bias) return out.mul_(factors);

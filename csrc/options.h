@@ -54,6 +54,9 @@ Geometry make_geometry(
     at::IntArrayRef lengths, at::IntArrayRef kernel_size, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, at::IntArrayRef output_padding = {});
 
+// float16 or bfloat16: factors for these are kept in float32 and products rounded once.
+inline bool reduced_precision(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
+
 // Whether every "kernel" tap factor is 1, so that the weight needs no scaling:
 // on each axis k == 1 or all taps in one class (dilation a multiple of stride).
 bool taps_trivial(at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef dilation);

@@ -6,11 +6,11 @@
 #include <c10/core/InferenceMode.h>
 
 #include <cmath>
-#include <list>
-#include <mutex>
 #include <tuple>
 #include <utility>
 #include <vector>
+
+#include "lru_cache.h"
 
 namespace strideconv {
 namespace {
@@ -49,40 +49,22 @@ Key key_of(const Geometry& g, Correction correction, double power, at::ScalarTyp
   return {std::move(ints), static_cast<int>(correction), power, dtype, device};
 }
 
-constexpr size_t kCacheSize = 32;  // layers of one network: a few distinct geometries each
-
-// A bounded cache of small factor tensors, most recently used first. Never destroyed:
-// tensors must not be freed by static destructors at process exit, after the allocators
-// they came from may be gone.
+// The small factor tensors, in a bounded cache (lru_cache.h; 32: the layers of one network have
+// a few distinct geometries each), each built as a plain tensor even under inference mode, so
+// that autograd can use it later.
 class FactorCache {
  public:
   template <typename Build>
   at::Tensor get(Key key, const Build& build) {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      for (auto it = entries_.begin(); it != entries_.end(); ++it) {
-        if (it->first == key) {
-          entries_.splice(entries_.begin(), entries_, it);
-          return it->second;
-        }
-      }
-    }
-    at::Tensor value;
-    {
-      // A plain tensor even under inference mode, so that autograd can use it later.
+    return cache_.get(std::move(key), [&] {
       c10::InferenceMode normal_mode(false);
       at::AutoDispatchBelowADInplaceOrView below_autograd;
-      value = build();
-    }
-    std::lock_guard<std::mutex> lock(mutex_);
-    entries_.emplace_front(std::move(key), value);
-    if (entries_.size() > kCacheSize) entries_.pop_back();
-    return value;
+      return build();
+    });
   }
 
  private:
-  std::mutex mutex_;
-  std::list<std::pair<Key, at::Tensor>> entries_;
+  LruCache<Key, at::Tensor, 32> cache_;
 };
 
 }  // namespace

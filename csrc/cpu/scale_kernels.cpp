@@ -9,14 +9,14 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <list>
 #include <memory>
 #include <optional>
-#include <mutex>
 #include <utility>
 #include <vector>
 
+#include "../lru_cache.h"
 #include "../options.h"
+#include "scale_rows.h"
 
 namespace strideconv {
 namespace {
@@ -48,37 +48,23 @@ struct BandEntries {
 };
 
 // The band entries of a geometry, power and spatial memory layout, built once and kept in a
-// small cache (bounded, thread-safe): a layer's backward finds them built. Never destroyed,
-// like the factor caches (nothing to free at process exit).
+// small cache (lru_cache.h): a layer's backward finds them built.
 template <typename opmath_t>
 std::shared_ptr<const BandEntries<opmath_t>> cached_band_entries(const at::Tensor& grad, const Geometry& g,
                                                                  double power) {
   using Key = std::pair<std::vector<int64_t>, double>;
-  using Entry = std::pair<Key, std::shared_ptr<const BandEntries<opmath_t>>>;
-  static auto* mutex = new std::mutex();
-  static auto* cache = new std::list<Entry>();  // most recently used first
-  constexpr size_t kBandCacheSize = 32;
+  static auto* cache = new LruCache<Key, std::shared_ptr<const BandEntries<opmath_t>>, 32>();
   Key key{{}, power};
   for (int d = 0; d < g.ndim; ++d) {
     const Axis& a = g.axis[d];
     key.first.insert(key.first.end(), {a.length, a.kernel, a.stride, a.padding, a.dilation, a.output_padding,
                                        grad.stride(2 + d)});
   }
-  {
-    std::lock_guard<std::mutex> lock(*mutex);
-    for (auto it = cache->begin(); it != cache->end(); ++it) {
-      if (it->first == key) {
-        cache->splice(cache->begin(), *cache, it);
-        return it->second;
-      }
-    }
-  }
-  auto built = std::make_shared<BandEntries<opmath_t>>();
-  band_entries(grad, g, power, built->offsets, built->factors);
-  std::lock_guard<std::mutex> lock(*mutex);
-  cache->emplace_front(std::move(key), built);
-  if (cache->size() > kBandCacheSize) cache->pop_back();
-  return built;
+  return cache->get(std::move(key), [&] {
+    auto built = std::make_shared<BandEntries<opmath_t>>();
+    band_entries(grad, g, power, built->offsets, built->factors);
+    return std::shared_ptr<const BandEntries<opmath_t>>(std::move(built));
+  });
 }
 
 // With a bias b (one value per channel), the band's values v become f (v - b) + b: the
@@ -137,8 +123,6 @@ void scale_border_inplace(
   });
 }
 
-constexpr int64_t kTapWork = 65536;  // weight elements per task
-
 at::Tensor scale_taps(const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef dilation,
                       double power) {
   const Geometry g = tap_geometry(weight, stride, dilation, power);
@@ -153,9 +137,7 @@ at::Tensor scale_taps(const at::Tensor& weight, at::IntArrayRef stride, at::IntA
     }
     const scalar_t* src = weight.const_data_ptr<scalar_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
-    if (weight.is_contiguous() && out.is_contiguous()) {
-      // The usual layout: taps innermost, so one flat table of tap factors
-      // repeats along the weight and no index arithmetic is needed.
+    if (weight.is_contiguous() && out.is_contiguous()) {  // the usual layout (scale_rows.h)
       std::vector<opmath_t> flat(1, opmath_t(1));
       for (int d = 0; d < g.ndim; ++d) {
         std::vector<opmath_t> next;
@@ -164,16 +146,7 @@ at::Tensor scale_taps(const at::Tensor& weight, at::IntArrayRef stride, at::IntA
         flat.swap(next);
       }
       const int64_t taps = static_cast<int64_t>(flat.size());
-      // Tasks of at least kTapWork elements: waking a thread costs more than scaling fewer.
-      at::parallel_for(0, weight.numel() / taps, std::max<int64_t>(1, kTapWork / taps),
-                       [&](int64_t first, int64_t last) {
-        for (int64_t row = first; row < last; ++row) {
-          for (int64_t t = 0; t < taps; ++t) {
-            const int64_t e = row * taps + t;
-            dst[e] = static_cast<scalar_t>(static_cast<opmath_t>(src[e]) * flat[t]);
-          }
-        }
-      });
+      scale_rows(src, flat.data(), dst, weight.numel() / taps, taps);
       return;
     }
     const TapWalk walk(weight, out);
