@@ -6,6 +6,7 @@ No benchmark module imports another's script; they all import this one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import ctypes.util
 import datetime
@@ -108,6 +109,24 @@ class ThreadCPUClock:
         for _ in range(reps):
             fn()
         return (time.thread_time() - t0) / reps
+
+
+def per_call_clock(device: str):
+    """The clock of the per-call measurements: CUDA events on a GPU, the calling thread's CPU time
+    on CPU (other processes' load does not count)."""
+    return Timer(device) if device.startswith("cuda") else ThreadCPUClock()
+
+
+@contextlib.contextmanager
+def one_thread(enabled: bool = True):
+    """torch on one intra-op thread for the block (when enabled), then the previous setting."""
+    threads = torch.get_num_threads()
+    if enabled:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def paired_rounds(calls: Dict[str, object], reference: str, clock, rounds: int, reps: int, seed: int = 0) -> dict:

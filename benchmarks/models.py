@@ -31,7 +31,7 @@ from torch import nn
 
 import strideconv
 
-from common import ThreadCPUClock, Timer, describe, paired_rounds, tqdm
+from common import describe, one_thread, paired_rounds, per_call_clock, tqdm
 
 
 # ----- the models -----------------------------------------------------------------------------
@@ -200,12 +200,9 @@ def run(device, quick, modes, names=None, compile_names=None):
     cuda = device.startswith("cuda")
     batch = (16 if quick else 64) if cuda else (2 if quick else 8)
     rounds, reps = (3, 1) if quick else ((11, 5) if cuda else (9, 2))
-    clock = Timer(device) if cuda else ThreadCPUClock()
-    threads = torch.get_num_threads()
-    if not cuda:
-        torch.set_num_threads(1)
+    clock = per_call_clock(device)
     rows = []
-    try:
+    with one_thread(enabled=not cuda):
         specs = [s for s in model_specs(cuda, quick) if names is None or s[0] in names]
         for spec in tqdm(specs, desc="models", file=sys.stdout):
             for mode in modes:
@@ -222,8 +219,6 @@ def run(device, quick, modes, names=None, compile_names=None):
                     steps = {n: graphed(s, device) for n, s in steps.items()}
                 r = measure(steps, clock, rounds, reps)
                 rows.append(dict(model=spec[0], mode=mode, batch=batch, **r))
-    finally:
-        torch.set_num_threads(threads)
     return rows, dict(batch=batch, rounds=rounds, reps=reps, clock="CUDA events" if cuda else "thread CPU time, one thread",
                       autocast="bf16" if cuda else None, layout="channels_last" if cuda else "contiguous")
 

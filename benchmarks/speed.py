@@ -14,8 +14,8 @@ import torch.nn.functional as F
 import strideconv
 from strideconv.functional import conv2d
 
-from common import (CORRECTIONS, ThreadCPUClock, Timer, fmt, interleaved_medians, keep_freed_memory, paired_rounds,
-                    peak_memory, tqdm)
+from common import (CORRECTIONS, Timer, fmt, interleaved_medians, keep_freed_memory, one_thread, paired_rounds,
+                    peak_memory, per_call_clock, tqdm)
 
 # name, in, out, kernel, stride, padding, input size, input needs grad
 SHAPES = [
@@ -174,18 +174,14 @@ def overhead_table(device, quick):
         params = (x, m.weight, m.bias)
         train[name] = (lambda m, params: lambda: torch.autograd.grad(m(x), params, grad_out))(m, params)
         fwd[name] = (lambda m: lambda: m(x).detach())(m)
-    clock = Timer(device) if cuda else ThreadCPUClock()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    clock = per_call_clock(device)
+    with one_thread():
         measured = {kind: paired_rounds(calls, "F.conv2d", clock, rounds, reps)
                     for kind, calls in (("train", train), ("fwd", fwd))}
         for kind, calls in (("train", train), ("fwd", fwd)):  # the modules against nn.Conv2d
             mods = {n: calls[n] for n in modules}
             for n, r in paired_rounds(mods, "nn.Conv2d", clock, rounds, reps, seed=1).items():
                 measured[kind][n].update(module_extra=r["extra"], module_q1=r["extra_q1"], module_q3=r["extra_q3"])
-    finally:
-        torch.set_num_threads(threads)
     rows = []
     for n in train:
         t, f = measured["train"][n], measured["fwd"][n]
@@ -245,13 +241,8 @@ def context_overhead(device, quick):
     calls = {"nothing": lambda: None, "empty block": empty_block, "F.conv2d": conv_step,
              "F.conv2d inside": conv_step_inside, "relu x10": relus, "relu x10 inside": relus_inside,
              "strideconv.functional.conv2d": lambda: torch.autograd.grad(conv2d(x, w, None, 2, 1), (x, w), grad_out)}
-    clock = Timer(device) if device.startswith("cuda") else ThreadCPUClock()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        m = paired_rounds(calls, "nothing", clock, rounds, reps)
-    finally:
-        torch.set_num_threads(threads)
+    with one_thread():
+        m = paired_rounds(calls, "nothing", per_call_clock(device), rounds, reps)
     block = m["empty block"]["extra"]
     us = 1e6
     return dict(
@@ -274,7 +265,8 @@ def context_section(c) -> List[str]:
         f"| a strided `F.conv2d` inside the block, fwd+bwd (F.conv2d alone: {c['conv_us']:.1f} us) | "
         f"{c['strided_us']:+.2f} |",
         f"| the same call made directly with `strideconv.functional.conv2d` | {c['functional_us']:+.2f} |",
-        f"| any other op inside the block (`torch.relu` on 8 values: {c['relu_us']:.2f} us) | {c['other_op_us']:+.2f} |",
+        f"| any other op inside the block (`torch.relu` on 8 values: {c['relu_us']:.2f} us) | "
+        f"{c['other_op_us']:+.2f} |",
     ]
 
 

@@ -17,8 +17,6 @@ from training_models import grouped_model, shared_batch, side_input
 from training_setup import Setting
 
 
-
-
 def run_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Each run's mean cross-entropy (G,); logits (B, G, 10), y (B, G). Their sum is the training
     loss: run g's parameters get exactly the gradient of run g's loss."""

@@ -55,6 +55,12 @@ def int_tuple_exact(value, nd: int, name: str) -> tuple:
     return out
 
 
+def pool_stride(stride, kernel_size):
+    """Average pooling's stride argument as torch reads it: the kernel size when it is None or an
+    empty list or tuple."""
+    return kernel_size if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) else stride
+
+
 def check_correction(correction) -> str:
     """The correction's name, or a ValueError listing the valid ones."""
     if not isinstance(correction, str) or correction not in CORRECTIONS:

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import operator
 
-import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from ._arguments import check_correction, check_power
+from ._arguments import check_correction, check_power, pool_stride
 from .functional import _conv_nd, _conv_transpose_nd, avg_pool2d
 
 __all__ = ["corrected"]
@@ -112,8 +111,7 @@ class _CorrectedMode(TorchFunctionMode):
                 *args, **kwargs)
         except TypeError:
             return None
-        no_stride = stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0)
-        largest = _largest(kernel_size if no_stride else stride)
+        largest = _largest(pool_stride(stride, kernel_size))
         if largest is None or largest < self.min_stride:
             return None
         return avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _C
-from ._arguments import check_correction, check_power, int_arg, int_tuple, same_padding
+from ._arguments import check_correction, check_power, int_arg, int_tuple, pool_stride, same_padding
 from ._pooling import CorrectedAvgPool2d, ScaleGrad, factor_map, plain_avg_pool2d
 from .factors import axis_alpha, axis_counts, tap_factors
 
@@ -190,7 +190,8 @@ def _plain_ops_conv_transpose(input, weight, bias, stride, padding, output_paddi
         alpha = taps**power / counts.pow(2 * power).mean().sqrt()
         return plain(input, weight * alpha, bias, stride, padding, output_padding, groups, dilation)
     factor = (taps / counts.clamp(min=1)).pow(power)  # where C = 0 the output is 0 anyway
-    out = plain(input, weight, None, stride, padding, output_padding, groups, dilation) * (factor if lead == 2 else factor[0])
+    out = plain(input, weight, None, stride, padding, output_padding, groups, dilation)
+    out = out * (factor if lead == 2 else factor[0])
     return out if bias is None else out + bias.reshape((-1,) + (1,) * nd)
 
 
@@ -249,8 +250,7 @@ def avg_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mo
     """
     correction, power = check_correction(correction), check_power(power)
     kernel = int_tuple(kernel_size, 2, "kernel_size")
-    no_stride = stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0)
-    stride_ = kernel if no_stride else int_tuple(stride, 2, "stride")
+    stride_ = int_tuple(pool_stride(stride, kernel), 2, "stride")
     pad = int_tuple(padding, 2, "padding")
     # Only what F.avg_pool2d accepts is corrected; the rest reaches it and raises there.
     valid = len(kernel) == len(stride_) == len(pad) == 2 and min(kernel) > 0 and min(stride_) > 0 and min(pad) >= 0
