@@ -203,8 +203,9 @@ def test_border_band_with_a_bias_keeps_the_bias_unscaled(device, dtype, channels
     tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
     torch.testing.assert_close(got.double().cpu(), want, rtol=tol, atol=tol)
     assert not torch.equal(kernel, want)  # the band is not empty here
-    with pytest.raises(ValueError, match="one value per channel"):
-        torch.ops.strideconv.scale_border_(got, k, s, p, (1, 1), 0.5, a, b[:3].to(device, dtype))
+    for bad in (b[:3], b.view(1, -1), b.to(torch.int64)):  # wrong length, wrong rank, not floating point
+        with pytest.raises(ValueError, match="one value per channel"):
+            torch.ops.strideconv.scale_border_(got, k, s, p, (1, 1), 0.5, a, bad.to(device))
 
 
 @pytest.mark.parametrize("device", DEVICES)
