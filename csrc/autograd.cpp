@@ -39,6 +39,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/scale_border.h"
 #include "cpu/scale_rows.h"
 #include "ops.h"
 #include "options.h"
@@ -131,6 +132,10 @@ bool scale_rows_on_cpu(const at::Tensor& source, const at::Tensor& f, const at::
   return true;
 }
 
+// Checked options (each value in [0, 2^31)) as the SymInt lists convolution_backward takes,
+// without a copy.
+c10::SymIntArrayRef symint_list(at::IntArrayRef values) { return c10::fromIntArrayRefKnownNonNegative(values); }
+
 // The bias gradient's sizes (one entry per output channel) for
 // convolution_backward, or none when it is not wanted.
 struct BiasSizes {
@@ -200,9 +205,8 @@ struct ConvBackward final : ConvNode {
       if (!differentiable && concrete(source)) {
         // The cached factors (the forward checked the options): one multiply, in float32
         // or float64, rounded once to the weight's dtype.
-        const at::Tensor f = weight_factors(
-            make_geometry(input.sizes().slice(2), kernel_size, o.stride_list(), o.padding_list(), o.dilation_list()),
-            o.correction, o.power, source.scalar_type(), source.device());
+        const at::Tensor f = weight_factors(make_geometry(input.sizes().slice(2), kernel_size, o), o.correction,
+                                            o.power, source.scalar_type(), source.device());
         if (!scale_rows_on_cpu(source, f, weight, w)) {
           w = at::empty_like(weight);
           at::mul_out(w, source, f);
@@ -214,16 +218,18 @@ struct ConvBackward final : ConvNode {
       }
     }
     const BiasSizes bias(weight.sym_size(0), need_bias);
-    const std::vector<c10::SymInt> output_padding(o.ndim, 0);
     auto [grad_input, grad_weight, grad_bias] = at::convolution_backward_symint(
-        grad, input, w, bias.sizes, c10::fromIntArrayRefSlow(o.stride_list()),
-        c10::fromIntArrayRefSlow(o.padding_list()), c10::fromIntArrayRefSlow(o.dilation_list()),
-        /*transposed=*/false, output_padding, c10::SymInt(o.groups), {need_input, need_weight, need_bias});
+        grad, input, w, bias.sizes, symint_list(o.stride_list()), symint_list(o.padding_list()),
+        symint_list(o.dilation_list()), /*transposed=*/false, symint_list(o.output_padding_list()),
+        c10::SymInt(o.groups), {need_input, need_weight, need_bias});
 
     if (corrected && o.correction == Correction::Position) {
       if (differentiable) {  // create_graph=True: keep it differentiable
         grad_input = call_scale_border(grad_input, kernel_size, o.stride_list(), o.padding_list(),
                                        o.dilation_list(), o.power);
+      } else if (grad_input.is_cpu() && concrete(grad_input) && grad_input.is_non_overlapping_and_dense()) {
+        // a fresh CPU tensor, the options checked by the forward: the band loop itself, no dispatch
+        scale_border_on_cpu(grad_input, make_geometry(input.sizes().slice(2), kernel_size, o), o.power);
       } else {  // grad_input is a fresh tensor: scale its border band in place
         call_scale_border_(grad_input, kernel_size, o.stride_list(), o.padding_list(), o.dilation_list(),
                            o.power);
@@ -284,9 +290,8 @@ struct ConvTransposeBackward final : ConvNode {
           scaled = grad.mul(factors.to(grad.scalar_type()));
         }
         std::tie(grad_input, grad_weight, std::ignore) = at::convolution_backward_symint(
-            scaled, input, weight, std::nullopt, c10::fromIntArrayRefSlow(o.stride_list()),
-            c10::fromIntArrayRefSlow(o.padding_list()), c10::fromIntArrayRefSlow(o.dilation_list()),
-            /*transposed=*/true, c10::fromIntArrayRefSlow(o.output_padding_list()),
+            scaled, input, weight, std::nullopt, symint_list(o.stride_list()), symint_list(o.padding_list()),
+            symint_list(o.dilation_list()), /*transposed=*/true, symint_list(o.output_padding_list()),
             c10::SymInt(o.groups), {need_input, need_weight, false});
       }
       return {std::move(grad_input), std::move(grad_weight), std::move(grad_bias)};
@@ -320,9 +325,8 @@ struct ConvTransposeBackward final : ConvNode {
     at::Tensor aten_bias;
     std::tie(grad_input, grad_weight, aten_bias) = at::convolution_backward_symint(
         g, input, scaled && (need_input || need_weight) ? scaled_weight() : weight, bias.sizes,
-        c10::fromIntArrayRefSlow(o.stride_list()), c10::fromIntArrayRefSlow(o.padding_list()),
-        c10::fromIntArrayRefSlow(o.dilation_list()), /*transposed=*/true,
-        c10::fromIntArrayRefSlow(o.output_padding_list()), c10::SymInt(o.groups),
+        symint_list(o.stride_list()), symint_list(o.padding_list()), symint_list(o.dilation_list()),
+        /*transposed=*/true, symint_list(o.output_padding_list()), c10::SymInt(o.groups),
         {need_input, need_weight, need_bias});
     if (need_bias) grad_bias = std::move(aten_bias);
     if (need_weight && scaled) grad_weight = scale(grad_weight);

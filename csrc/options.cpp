@@ -112,6 +112,15 @@ Geometry make_geometry(
   return g;
 }
 
+Geometry make_geometry(at::IntArrayRef lengths, at::IntArrayRef kernel_size, const ConvOptions& o) {
+  Geometry g;
+  g.ndim = o.ndim;
+  for (int d = 0; d < o.ndim; ++d) {
+    g.axis[d] = Axis{lengths[d], kernel_size[d], o.stride[d], o.padding[d], o.dilation[d], o.output_padding[d]};
+  }
+  return g;
+}
+
 bool taps_trivial(at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef dilation) {
   for (size_t d = 0; d < kernel_size.size(); ++d) {
     if (kernel_size[d] != 1 && dilation[d] % stride[d] != 0) return false;
@@ -164,6 +173,16 @@ void check_factors_fit(const Geometry& g, Correction correction, double power, a
     case at::kHalf: largest = 65504.0; break;
     case at::kBFloat16: largest = 3.3895313892515355e38; break;
     default: largest = std::numeric_limits<float>::max(); break;
+  }
+  // The common case without a logarithm: for power <= 1 every factor is at most K (the taps),
+  // and "map"'s alpha at most K sqrt(L) (L the positions).
+  if (power <= 1) {
+    double bound = 1;
+    for (int d = 0; d < g.ndim; ++d) {
+      bound *= double(g.axis[d].kernel);
+      if (correction == Correction::Map) bound *= std::sqrt(double(std::max<int64_t>(g.axis[d].length, 1)));
+    }
+    if (bound <= largest) return;
   }
   // log of the largest factor: "kernel" (k / n_min)^g per axis, "position"
   // at most (k / 1)^g per axis (a position one window reaches), "map" alpha,

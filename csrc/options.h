@@ -54,6 +54,10 @@ Geometry make_geometry(
     at::IntArrayRef lengths, at::IntArrayRef kernel_size, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, at::IntArrayRef output_padding = {});
 
+// The same, from options conv_options already checked (the backward of a call the forward
+// checked): no list to expand, nothing to check again.
+Geometry make_geometry(at::IntArrayRef lengths, at::IntArrayRef kernel_size, const ConvOptions& o);
+
 // float16 or bfloat16: factors for these are kept in float32 and products rounded once.
 inline bool reduced_precision(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
 

@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <tuple>
 #include <utility>
@@ -37,16 +39,19 @@ at::Tensor build(const Geometry& g, Correction correction, double power, at::Sca
   return map.reshape(shape).to(device, dtype).contiguous();
 }
 
-// The key of a cached map: its geometry, correction, power, dtype and device.
-using Key = std::tuple<std::vector<int64_t>, int, double, at::ScalarType, at::Device>;
+// The key of a cached map: its geometry (six values per axis, unused axes zero), correction,
+// power, dtype and device. Fixed-size, so that a lookup allocates nothing.
+constexpr size_t kAxisFields = 6;
+using Key = std::tuple<std::array<int64_t, kAxisFields * kMaxSpatialDims>, int, int, double, at::ScalarType, at::Device>;
 
 Key key_of(const Geometry& g, Correction correction, double power, at::ScalarType dtype, at::Device device) {
-  std::vector<int64_t> ints;
+  std::array<int64_t, kAxisFields * kMaxSpatialDims> ints{};
   for (int d = 0; d < g.ndim; ++d) {
     const Axis& a = g.axis[d];
-    ints.insert(ints.end(), {a.length, a.kernel, a.stride, a.padding, a.dilation, a.output_padding});
+    const int64_t fields[kAxisFields] = {a.length, a.kernel, a.stride, a.padding, a.dilation, a.output_padding};
+    std::copy(fields, fields + kAxisFields, ints.begin() + d * kAxisFields);
   }
-  return {std::move(ints), static_cast<int>(correction), power, dtype, device};
+  return {ints, g.ndim, static_cast<int>(correction), power, dtype, device};
 }
 
 // The small factor tensors, in a bounded cache (lru_cache.h; 32: the layers of one network have
@@ -83,7 +88,7 @@ at::Tensor weight_factors(const Geometry& g, Correction correction, double power
   Key key = key_of(g, correction, power, dtype, device);
   if (correction != Correction::Map) {  // the tap factors do not depend on the lengths or padding
     auto& ints = std::get<0>(key);
-    for (size_t i = 0; i < ints.size(); i += 6) ints[i] = ints[i + 3] = 0;
+    for (size_t i = 0; i < ints.size(); i += kAxisFields) ints[i] = ints[i + 3] = 0;
   }
   return cache->get(std::move(key), [&] {
     std::vector<int64_t> shape{1, 1};

@@ -20,6 +20,10 @@ _conv_fast = _C.conv_fast
 _conv_transpose_op = torch.ops.strideconv.conv_transpose.default
 _has_torch_function = torch.overrides.has_torch_function_variadic
 _is_compiling = torch.compiler.is_compiling
+# Whether dynamo traces (it reads True there): the one context the C++ fast path must not run in,
+# since dynamo must see the op. Other tracers see the dispatched op, or hand us tensor subclasses
+# that the fast path refuses. Cheaper than is_compiling(), which also covers torch.export.
+_dynamo_traces = torch.compiler.is_dynamo_compiling
 _is_tracing = torch._C._is_tracing
 _in_onnx_export = torch.onnx.is_in_onnx_export
 _PLAIN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -66,17 +70,23 @@ def _fast_path_allowed(input, weight, bias) -> bool:
 
 
 def _conv_nd(input, weight, bias, stride, padding, dilation, groups, correction, power, nd):
-    """Public N-d entry: normalises every argument once, accepts unbatched input.
+    """N-d entry: the common call through ``_C.conv_fast``, anything else through ``_conv_general``.
 
-    Kept lean on purpose: on a GPU, a small convolution's time is mostly this host code.
+    Kept lean on purpose: on a GPU, a small convolution's time is mostly this host code. The
+    public conv1d/2d/3d make the same two calls themselves (one Python frame less per call).
     """
     # The common call first, checked in C++ (_C.conv_fast): plain ints, a batched input, nothing
     # tracing, no __torch_function__. It returns None for everything else (and every refusal),
-    # which takes the general path below. torch.compile must see the op: checked here first.
-    if not _is_compiling():
+    # which takes the general path. Dynamo must see the op: checked here first.
+    if not _dynamo_traces():
         out = _conv_fast(input, weight, bias, stride, padding, dilation, groups, correction, power, nd)
         if out is not None:
             return out
+    return _conv_general(input, weight, bias, stride, padding, dilation, groups, correction, power, nd)
+
+
+def _conv_general(input, weight, bias, stride, padding, dilation, groups, correction, power, nd):
+    """Every call: normalises each argument once, accepts unbatched input, refuses in torch's words."""
     correction, power = check_correction(correction), check_power(power)
     batched = _check_dims(input, nd, f"conv{nd}d")
     stride, dilation = int_tuple(stride, nd, "stride"), int_tuple(dilation, nd, "dilation")
@@ -117,19 +127,31 @@ _Int = Union[int, tuple[int, ...]]
 def conv1d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
            stride: _Int = 1, padding: Union[_Int, str] = 0, dilation: _Int = 1, groups: int = 1,
            *, correction: str = "position", power: float = 0.5) -> torch.Tensor:
-    return _conv_nd(input, weight, bias, stride, padding, dilation, groups, correction, power, 1)
+    if not _dynamo_traces():  # as _conv_nd, inline
+        out = _conv_fast(input, weight, bias, stride, padding, dilation, groups, correction, power, 1)
+        if out is not None:
+            return out
+    return _conv_general(input, weight, bias, stride, padding, dilation, groups, correction, power, 1)
 
 
 def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
            stride: _Int = 1, padding: Union[_Int, str] = 0, dilation: _Int = 1, groups: int = 1,
            *, correction: str = "position", power: float = 0.5) -> torch.Tensor:
-    return _conv_nd(input, weight, bias, stride, padding, dilation, groups, correction, power, 2)
+    if not _dynamo_traces():  # as _conv_nd, inline
+        out = _conv_fast(input, weight, bias, stride, padding, dilation, groups, correction, power, 2)
+        if out is not None:
+            return out
+    return _conv_general(input, weight, bias, stride, padding, dilation, groups, correction, power, 2)
 
 
 def conv3d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
            stride: _Int = 1, padding: Union[_Int, str] = 0, dilation: _Int = 1, groups: int = 1,
            *, correction: str = "position", power: float = 0.5) -> torch.Tensor:
-    return _conv_nd(input, weight, bias, stride, padding, dilation, groups, correction, power, 3)
+    if not _dynamo_traces():  # as _conv_nd, inline
+        out = _conv_fast(input, weight, bias, stride, padding, dilation, groups, correction, power, 3)
+        if out is not None:
+            return out
+    return _conv_general(input, weight, bias, stride, padding, dilation, groups, correction, power, 3)
 
 
 for _nd, _fn in ((1, conv1d), (2, conv2d), (3, conv3d)):

@@ -11,7 +11,7 @@ from torch import nn
 
 from . import _C
 from ._arguments import check_correction, check_power, int_arg, int_tuple
-from .functional import _conv_fast, _conv_nd, _conv_transpose_nd, _fast_path_allowed, _is_compiling, avg_pool2d
+from .functional import _conv_fast, _conv_nd, _conv_transpose_nd, _dynamo_traces, _fast_path_allowed, avg_pool2d
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "AvgPool2d"]
 
@@ -102,7 +102,7 @@ class _ConvNd(_Corrected):
 
     @torch.jit.unused
     def _eager_conv(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
-        if self.padding_mode == "zeros" and not _is_compiling():  # the common call, checked in C++
+        if self.padding_mode == "zeros" and not _dynamo_traces():  # the common call, checked in C++
             out = _conv_fast(input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
                              self.correction, self.power, self._nd)
             if out is not None:

@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <memory>
 #include <optional>
 #include <utility>
@@ -16,6 +17,7 @@
 
 #include "../lru_cache.h"
 #include "../options.h"
+#include "scale_border.h"
 #include "scale_rows.h"
 
 namespace strideconv {
@@ -52,13 +54,17 @@ struct BandEntries {
 template <typename opmath_t>
 std::shared_ptr<const BandEntries<opmath_t>> cached_band_entries(const at::Tensor& grad, const Geometry& g,
                                                                  double power) {
-  using Key = std::pair<std::vector<int64_t>, double>;
+  // Seven values per axis (unused axes zero) and the power: fixed-size, a lookup allocates nothing.
+  constexpr size_t kFields = 7;
+  using Key = std::pair<std::array<int64_t, kFields * kMaxSpatialDims + 1>, double>;
   static auto* cache = new LruCache<Key, std::shared_ptr<const BandEntries<opmath_t>>, 32>();
   Key key{{}, power};
+  key.first.back() = g.ndim;
   for (int d = 0; d < g.ndim; ++d) {
     const Axis& a = g.axis[d];
-    key.first.insert(key.first.end(), {a.length, a.kernel, a.stride, a.padding, a.dilation, a.output_padding,
-                                       grad.stride(2 + d)});
+    const int64_t fields[kFields] = {a.length,   a.kernel,         a.stride,         a.padding,
+                                     a.dilation, a.output_padding, grad.stride(2 + d)};
+    std::copy(fields, fields + kFields, key.first.begin() + d * kFields);
   }
   return cache->get(std::move(key), [&] {
     auto built = std::make_shared<BandEntries<opmath_t>>();
@@ -110,6 +116,17 @@ void scale_band(at::Tensor& grad, const Geometry& g, double power, const std::op
     });
   }
 }
+
+}  // namespace
+
+void scale_border_on_cpu(at::Tensor& grad, const Geometry& g, double power) {
+  if (grad.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "scale_border_cpu", [&] {
+    scale_band<scalar_t>(grad, g, power, std::nullopt);
+  });
+}
+
+namespace {
 
 void scale_border_inplace(
     at::Tensor& grad, at::IntArrayRef kernel_size, at::IntArrayRef stride,
