@@ -128,6 +128,8 @@ def pool_table(device, quick):
     """fwd+bwd time of strideconv.functional.avg_pool2d against F.avg_pool2d: the corrected
     backward applies a factor per input position as it writes the input gradient."""
     cuda = device.startswith("cuda")
+    if not cuda:
+        keep_freed_memory()  # as speed_suite: no page faults that depend on the round
     batch = (8 if quick else 32) if cuda else (1 if quick else 2)
     rounds, reps = (3, 2) if quick else ((15, 10) if cuda else (15, 3))
     timer, rows = Timer(device), []

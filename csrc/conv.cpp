@@ -220,6 +220,15 @@ at::Tensor scale_border(
   return out;
 }
 
+// Average pooling whose input gradient is the true one times `factor` (autograd.cpp): the
+// forward is ATen's avg_pool2d itself.
+at::Tensor avg_pool2d(const at::Tensor& input, const at::Tensor& factor, at::IntArrayRef kernel_size,
+                      at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                      std::optional<int64_t> divisor_override) {
+  (void)factor;  // it shapes the backward only
+  return at::avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);
+}
+
 }  // namespace
 
 // ----- typed calls through the dispatcher ------------------------------------------------------
@@ -243,6 +252,28 @@ at::Tensor call_conv_transpose(
                              .typed<decltype(conv_transpose)>();
   return op.call(input, weight, bias, stride, padding, output_padding, dilation, groups, correction,
                  power);
+}
+
+at::Tensor call_avg_pool2d(const at::Tensor& input, const at::Tensor& factor, at::IntArrayRef kernel_size,
+                           at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                           std::optional<int64_t> divisor_override) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("strideconv::avg_pool2d", "")
+                             .typed<decltype(avg_pool2d)>();
+  return op.call(input, factor, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);
+}
+
+at::Tensor call_avg_pool2d_backward_scaled(const at::Tensor& grad_output, const at::Tensor& input,
+                                           at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                           at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                                           std::optional<int64_t> divisor_override, const at::Tensor& factor) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("strideconv::avg_pool2d_backward_scaled", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
+                            bool, bool, std::optional<int64_t>, const at::Tensor&)>();
+  return op.call(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
+                 factor);
 }
 
 at::Tensor call_output_factors(
@@ -332,6 +363,11 @@ TORCH_LIBRARY(strideconv, m) {
   m.def(
       "avg_pool2d_backward_scaled(Tensor grad_output, Tensor input, int[2] kernel_size, int[2] stride, "
       "int[2] padding, bool ceil_mode, bool count_include_pad, int? divisor_override, Tensor factor) -> Tensor");
+  // F.avg_pool2d (the forward, bit for bit) whose input gradient is the true one times `factor`,
+  // an (H, W) map of the input's spatial size; no gradient flows to `factor` (a fixed map).
+  m.def(
+      "avg_pool2d(Tensor input, Tensor factor, int[2] kernel_size, int[2] stride, int[2] padding, "
+      "bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
   // Out-of-place twin of scale_border_, differentiable (double backward).
   m.def(
       "scale_border(Tensor grad, int[] kernel_size, int[] stride, int[] padding, "
@@ -344,6 +380,7 @@ TORCH_LIBRARY_IMPL(strideconv, CompositeExplicitAutograd, m) {
   m.impl("output_factors", &output_factors);
   m.impl("scale_weight", &scale_weight);
   m.impl("scale_border", &scale_border);
+  m.impl("avg_pool2d", &avg_pool2d);
 }
 
 }  // namespace strideconv

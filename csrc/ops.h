@@ -26,6 +26,16 @@ at::Tensor call_conv_transpose(
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
     at::IntArrayRef dilation, int64_t groups, c10::string_view correction, double power);
 
+// avg_pool2d whose input gradient is the true one times `factor`, and that gradient itself (the
+// corrected backward, one pass; pool.h).
+at::Tensor call_avg_pool2d(const at::Tensor& input, const at::Tensor& factor, at::IntArrayRef kernel_size,
+                           at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                           std::optional<int64_t> divisor_override);
+at::Tensor call_avg_pool2d_backward_scaled(const at::Tensor& grad_output, const at::Tensor& input,
+                                           at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                           at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                                           std::optional<int64_t> divisor_override, const at::Tensor& factor);
+
 // The output factors of a normalised transposed convolution whose output (or gradient) is
 // `like`: (1, 1, *spatial) for "position" and "kernel", alpha as (1, 1, 1, ...) for "map"; a
 // fresh tensor (output_factors.h).

@@ -134,6 +134,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("input"), pybind11::arg("weight"), pybind11::arg("bias"),
         pybind11::arg("stride"), pybind11::arg("padding"), pybind11::arg("dilation"),
         pybind11::arg("groups"), pybind11::arg("correction"), pybind11::arg("power"));
+  m.def("avg_pool2d", &strideconv::call_avg_pool2d, "strideconv::avg_pool2d, called through the dispatcher",
+        pybind11::arg("input"), pybind11::arg("factor"), pybind11::arg("kernel_size"), pybind11::arg("stride"),
+        pybind11::arg("padding"), pybind11::arg("ceil_mode"), pybind11::arg("count_include_pad"),
+        pybind11::arg("divisor_override"), pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("conv_transpose", &strideconv::call_conv_transpose,
         "strideconv::conv_transpose, called through the dispatcher", pybind11::arg("input"),
         pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("stride"),

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from . import _C
 from ._arguments import check_correction, check_power, int_arg, int_tuple, pool_stride, same_padding
-from ._pooling import CorrectedAvgPool2d, ScaleGrad, factor_map, plain_avg_pool2d
+from ._pooling import CorrectedAvgPool2d, ScaleGrad, apply, factor_map, plain_avg_pool2d
 from .factors import axis_alpha, axis_counts, tap_factors
 
 __all__ = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "avg_pool2d"]
@@ -19,6 +19,7 @@ _conv_op = torch.ops.strideconv.conv.default
 _conv_fast = _C.conv_fast
 _conv_transpose_op = torch.ops.strideconv.conv_transpose.default
 _has_torch_function = torch.overrides.has_torch_function_variadic
+_transforms_active = torch._C._are_functorch_transforms_active
 _is_compiling = torch.compiler.is_compiling
 # Whether dynamo traces (it reads True there): the one context the C++ fast path must not run in,
 # since dynamo must see the op. Other tracers see the dispatched op, or hand us tensor subclasses
@@ -45,7 +46,7 @@ def _string_padding(input, weight, padding: str, stride, dilation, nd: int, corr
         if correction == "map" and input.requires_grad and torch.is_grad_enabled():
             ratio = _same_alpha_ratio(tuple(input.shape[-nd:]), tuple(weight.shape[2:]), tuple(pads),
                                       tuple(dilation), power)
-            input = ScaleGrad.apply(input, torch.tensor(ratio, dtype=input.dtype, device=input.device))
+            input = apply(ScaleGrad, input, torch.tensor(ratio, dtype=input.dtype, device=input.device))
         pad_arg = []
         for e in reversed(extra):
             pad_arg += [0, e]
@@ -260,6 +261,16 @@ for _nd, _fn in ((1, conv_transpose1d), (2, conv_transpose2d), (3, conv_transpos
     _fn.__doc__ = _TRANSPOSED_DOC.format(nd=_nd)
 
 
+def _pool_in_cpp(input, divisor_override) -> bool:
+    """Whether a corrected pooling call may take the compiled op and its C++ autograd node (the
+    eager call: a few microseconds) rather than the Python autograd.Function, which everything
+    that traces Python or transforms it needs: dynamo, torch.func, jit tracing, ONNX export,
+    __torch_function__ overrides and modes."""
+    return not (_dynamo_traces() or _transforms_active() or _is_tracing() or _has_torch_function(input)
+                or torch.overrides._is_torch_function_mode_enabled()) and (
+        divisor_override is None or type(divisor_override) is int)
+
+
 def avg_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override: Optional[int] = None,
                *, correction: str = "position", power: float = 0.5) -> torch.Tensor:
@@ -279,8 +290,11 @@ def avg_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mo
     if valid and correction != "none" and input.requires_grad and torch.is_grad_enabled() and input.dim() in (3, 4):
         factor = factor_map(tuple(input.shape[-2:]), kernel, stride_, pad, ceil_mode, correction, power,
                             input.device, input.dtype)
-        return CorrectedAvgPool2d.apply(input, factor, kernel, stride_, pad, bool(ceil_mode), bool(count_include_pad),
-                                        divisor_override)
+        if _pool_in_cpp(input, divisor_override):  # the common eager call: the op and its C++ node
+            return _C.avg_pool2d(input, factor, kernel, stride_, pad, bool(ceil_mode), bool(count_include_pad),
+                                 divisor_override)
+        return apply(CorrectedAvgPool2d, input, factor, kernel, stride_, pad, bool(ceil_mode),
+                     bool(count_include_pad), divisor_override)
     if valid:
         return plain_avg_pool2d(input, kernel, stride_, pad, ceil_mode, count_include_pad, divisor_override)
     return F.avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)

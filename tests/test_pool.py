@@ -169,3 +169,54 @@ print("refused")
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "refused" in proc.stdout, proc.stderr[-2000:] + proc.stdout
+
+
+@pytest.mark.parametrize("correction", ["position", "kernel", "map"])
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_eager_node_and_the_traced_path_agree(cfg, correction):
+    """The eager call records the compiled node; torch.func (which needs the Python autograd
+    Function) gives the same gradient, bit for bit: both run the one compiled backward kernel."""
+    from strideconv._pooling import CorrectedAvgPool2d
+
+    x = torch.randn(2, 3, 11, 10, dtype=torch.float64, requires_grad=True)
+    y = avg_pool2d(x, **cfg, correction=correction)
+    assert y.grad_fn.name() == "strideconv::AvgPool2dBackward"
+    g = torch.randn_like(y)
+    (eager,) = torch.autograd.grad(y, x, g)
+    via_func = torch.func.vjp(lambda t: avg_pool2d(t, **cfg, correction=correction), x)[1](g)[0]
+    assert torch.equal(via_func, eager)
+    # and the Python Function itself, called as Function.apply
+    from strideconv._pooling import factor_map
+    k = cfg["kernel_size"]
+    k = (k, k) if isinstance(k, int) else tuple(k)
+    s = cfg.get("stride", k)
+    s = (s, s) if isinstance(s, int) else tuple(s)
+    p = cfg.get("padding", 0)
+    p = (p, p) if isinstance(p, int) else tuple(p)
+    f = factor_map((11, 10), k, s, p, cfg.get("ceil_mode", False), correction, 0.5, x.device, x.dtype)
+    y2 = CorrectedAvgPool2d.apply(x, f, k, s, p, cfg.get("ceil_mode", False), cfg.get("count_include_pad", True),
+                                  cfg.get("divisor_override"))
+    assert y2.grad_fn.name() == "CorrectedAvgPool2dBackward"
+    assert torch.equal(y2, y) and torch.equal(torch.autograd.grad(y2, x, g)[0], eager)
+
+
+def test_pooling_op_checks_and_argument_forms():
+    """strideconv::avg_pool2d: opcheck (schema, fake kernel, autograd registration, AOT dispatch);
+    the one- and two-value lists ATen's avg_pool2d accepts, and an empty stride (the kernel size),
+    give the gradient of the expanded arguments; a factor map that requires grad is refused."""
+    op = torch.ops.strideconv.avg_pool2d.default
+    x = torch.randn(2, 3, 10, 9, dtype=torch.float64, requires_grad=True)
+    f = torch.rand(10, 9, dtype=torch.float64) + 0.5
+    torch.library.opcheck(op, (x, f, [3, 3], [2, 2], [1, 1], False, True, None))
+    g = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    want = torch.ops.strideconv.avg_pool2d_backward_scaled(g, x.detach(), [3, 3], [2, 2], [1, 1], False, True, None, f)
+    for args in (([3], [2], [1]), ([3, 3], [2, 2], [1, 1]), ([3, 3], [2], [1, 1])):
+        (got,) = torch.autograd.grad(op(x, f, *args, False, True, None), x, g)
+        assert torch.equal(got, want), args
+    g3 = torch.randn(2, 3, 3, 3, dtype=torch.float64)
+    want3 = torch.ops.strideconv.avg_pool2d_backward_scaled(g3, x.detach(), [3, 3], [3, 3], [0, 0], False, True, None,
+                                                          f)
+    (got3,) = torch.autograd.grad(op(x, f, [3], [], [0], False, True, None), x, g3)
+    assert torch.equal(got3, want3)
+    with pytest.raises(ValueError, match="fixed"):
+        op(x, f.clone().requires_grad_(), [3, 3], [2, 2], [1, 1], False, True, None)

@@ -97,7 +97,7 @@ void scale_band(at::Tensor& grad, const Geometry& g, double power, const std::op
   if (channel_stride == 1 && channels > 1) {
     // channels_last: the channels of one position are adjacent in memory.
     const int64_t grain = std::max<int64_t>(1, kWork / channels);
-    at::parallel_for(0, batch * entries, grain, [&](int64_t first, int64_t last) {
+    parallel_loop(batch * entries, grain, [&](int64_t first, int64_t last) {
       for (int64_t item = first; item < last; ++item) {
         const int64_t base = (item / entries) * batch_stride + offsets[item % entries];
         const opmath_t f = factors[item % entries];
@@ -107,7 +107,7 @@ void scale_band(at::Tensor& grad, const Geometry& g, double power, const std::op
   } else {
     // One (batch, channel) slice after another, each visiting its band.
     const int64_t grain = std::max<int64_t>(1, kWork / entries);
-    at::parallel_for(0, batch * channels, grain, [&](int64_t first, int64_t last) {
+    parallel_loop(batch * channels, grain, [&](int64_t first, int64_t last) {
       for (int64_t slice = first; slice < last; ++slice) {
         const int64_t c = slice % channels;
         const int64_t base = (slice / channels) * batch_stride + c * channel_stride;
