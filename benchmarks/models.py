@@ -199,7 +199,7 @@ def measure(steps, clock, rounds, reps):
 def run(device, quick, modes, names=None, compile_names=None):
     cuda = device.startswith("cuda")
     batch = (16 if quick else 64) if cuda else (2 if quick else 8)
-    rounds, reps = (3, 1) if quick else ((11, 5) if cuda else (9, 2))
+    rounds, reps = (3, 1) if quick else ((11, 5) if cuda else (25, 2))
     clock = per_call_clock(device)
     rows = []
     with one_thread(enabled=not cuda):
