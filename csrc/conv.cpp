@@ -333,22 +333,26 @@ TORCH_LIBRARY(strideconv, m) {
   // Forward convolution; correction and power shape its backward.
   m.def(
       "conv(Tensor input, Tensor weight, Tensor? bias, int[] stride, int[] padding, "
-      "int[] dilation, int groups, str correction, float power) -> Tensor");
+      "int[] dilation, int groups, str correction, float power) -> Tensor",
+      {at::Tag::flexible_layout});
   // Transposed convolution whose output is normalised by the count map.
   m.def(
       "conv_transpose(Tensor input, Tensor weight, Tensor? bias, int[] stride, int[] padding, "
-      "int[] output_padding, int[] dilation, int groups, str correction, float power) -> Tensor");
+      "int[] output_padding, int[] dilation, int groups, str correction, float power) -> Tensor",
+      {at::Tag::flexible_layout});
   // The factor of each output position of a normalised transposed convolution
   // whose output (or gradient) is `like` (alpha alone for "map").
   m.def(
       "output_factors(Tensor like, int[] kernel_size, int[] stride, int[] padding, int[] dilation, "
-      "int[] output_padding, str correction, float power) -> Tensor");
+      "int[] output_padding, str correction, float power) -> Tensor",
+      {at::Tag::flexible_layout});
   // The weight whose transposed convolution gives the corrected input
   // gradient ("map": alpha * w; "kernel"/"position": tap-scaled w), or, with
   // output_padding given, the normalised output of a transposed convolution.
   m.def(
       "scale_weight(Tensor weight, SymInt[] input_size, int[] stride, int[] padding, "
-      "int[] dilation, str correction, float power, int[] output_padding=[]) -> Tensor");
+      "int[] dilation, str correction, float power, int[] output_padding=[]) -> Tensor",
+      {at::Tag::flexible_layout});
   // Each tap of the weight times its "kernel" factor (a device kernel).
   m.def("scale_taps(Tensor weight, int[] stride, int[] dilation, float power) -> Tensor");
   // "kernel"-corrected input gradient -> "position"-corrected, in place, on
@@ -371,7 +375,8 @@ TORCH_LIBRARY(strideconv, m) {
   // Out-of-place twin of scale_border_, differentiable (double backward).
   m.def(
       "scale_border(Tensor grad, int[] kernel_size, int[] stride, int[] padding, "
-      "int[] dilation, float power, int[] output_padding=[]) -> Tensor");
+      "int[] dilation, float power, int[] output_padding=[]) -> Tensor",
+      {at::Tag::flexible_layout});
 }
 
 TORCH_LIBRARY_IMPL(strideconv, CompositeExplicitAutograd, m) {

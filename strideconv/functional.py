@@ -8,7 +8,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
-from . import _C
+from . import _C, _traced
 from ._arguments import check_correction, check_power, int_arg, int_tuple, pool_stride, same_padding
 from ._pooling import CorrectedAvgPool2d, ScaleGrad, apply, factor_map, plain_avg_pool2d
 from .factors import axis_alpha, axis_counts, tap_factors
@@ -21,6 +21,7 @@ _conv_transpose_op = torch.ops.strideconv.conv_transpose.default
 _has_torch_function = torch.overrides.has_torch_function_variadic
 _transforms_active = torch._C._are_functorch_transforms_active
 _is_compiling = torch.compiler.is_compiling
+_is_exporting = torch.compiler.is_exporting
 # Whether dynamo traces (it reads True there): the one context the C++ fast path must not run in,
 # since dynamo must see the op. Other tracers see the dispatched op, or hand us tensor subclasses
 # that the fast path refuses. Cheaper than is_compiling(), which also covers torch.export.
@@ -104,6 +105,8 @@ def _conv_general(input, weight, bias, stride, padding, dilation, groups, correc
         if _in_onnx_export():  # ONNX exporters trace: give them the plain convolution, a standard Conv
             return _PLAIN[nd](input, weight, bias, stride, padding, dilation, groups)
         call = _conv_op
+        if _dynamo_traces() and not _is_exporting():  # torch.compile: written so inductor sees the convolution
+            call = _traced.conv
     if not batched:
         input = input.unsqueeze(0)
     out = call(input, weight, bias, stride, padding, dilation, groups, correction, power)
@@ -184,6 +187,8 @@ def _conv_transpose_nd(input, weight, bias, stride, padding, output_padding, gro
             return _plain_ops_conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation,
                                              correction, power, nd)
         call = _conv_transpose_op
+        if _dynamo_traces() and not _is_exporting():
+            call = _traced.conv_transpose
     if not batched:
         input = input.unsqueeze(0)
     out = call(input, weight, bias, stride, padding, output_padding, dilation, groups, correction, power)

@@ -238,3 +238,15 @@ def test_functorch_transforms_refused_loudly():
     x, w = torch.randn(1, 2, 7, 7), torch.randn(3, 2, 3, 3)
     with pytest.raises(RuntimeError, match="functorch"):
         torch.func.grad(lambda t: conv2d(t, w, stride=2).sum())(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_scale_taps_on_any_layout(dtype, device):
+    """scale_taps on a channels_last or permuted weight (as inductor lays weights out) gives the
+    contiguous weight's result, in the input's layout."""
+    w = torch.randn(6, 4, 3, 5, dtype=torch.float64).to(device, dtype)
+    want = torch.ops.strideconv.scale_taps(w, [2, 3], [1, 2], 0.5)
+    for other in (w.to(memory_format=torch.channels_last), w.transpose(0, 1).contiguous().transpose(0, 1)):
+        got = torch.ops.strideconv.scale_taps(other, [2, 3], [1, 2], 0.5)
+        assert got.stride() == other.stride()
+        assert torch.equal(got, want)

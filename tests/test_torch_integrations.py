@@ -52,6 +52,44 @@ def test_compile_fullgraph_matches_eager(dynamic, device):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("correction", ["none", "map", "kernel", "position"])
+def test_compile_sees_aten_convolutions_and_gives_the_corrected_gradients(correction):
+    """While dynamo traces, the layers are written with aten.convolution (inductor lays them out
+    as any convolution) and strideconv's scaling ops: the graph holds no strideconv.conv or
+    conv_transpose, and every gradient is eager's (float64, static and dynamic shapes, with and
+    without bias, strided and transposed layers)."""
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            strideconv.Conv2d(3, 8, 3, 2, 1, correction=correction), nn.ReLU(),
+            strideconv.ConvTranspose2d(8, 4, 3, 2, 1, output_padding=1, correction=correction),
+            strideconv.ConvTranspose2d(4, 2, 4, 2, 1, bias=False, correction=correction),
+            strideconv.Conv2d(2, 2, 3, 2, 1, bias=False, correction=correction)).double()
+
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm
+
+    model = build()
+    torch._dynamo.reset()
+    torch.compile(model, backend=capture, fullgraph=True)(torch.randn(1, 3, 8, 8, dtype=torch.float64))
+    targets = {n.target for g in graphs for n in g.graph.nodes if n.op == "call_function"}
+    assert torch.ops.aten.convolution.default in targets
+    assert not targets & {torch.ops.strideconv.conv.default, torch.ops.strideconv.conv_transpose.default}
+    for dynamic in (False, True):
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=dynamic)
+        for size in ([16, 20] if dynamic else [16]):
+            x = torch.randn(2, 3, size, size, dtype=torch.float64)
+            y0, g0 = grads_of(model, x)
+            y1, g1 = grads_of(compiled, x)
+            torch.testing.assert_close(y1, y0, rtol=1e-12, atol=1e-12)
+            for a, b in zip(g1, g0):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 # ----- torch.export ---------------------------------------------------------------------------
 
 def test_export_keeps_the_op_dynamic_shapes_and_save_load(tmp_path, device):

@@ -152,31 +152,28 @@ at::Tensor scale_taps(const at::Tensor& weight, at::IntArrayRef stride, at::IntA
       for (int64_t t = 0; t < g.axis[d].kernel; ++t)
         factor[d].push_back(g.axis[d].tap_factor<opmath_t>(t, opmath_t(power)));
     }
-    const scalar_t* src = weight.const_data_ptr<scalar_t>();
-    scalar_t* dst = out.data_ptr<scalar_t>();
+    std::vector<opmath_t> flat(1, opmath_t(1));  // one factor per tap, the last axis fastest
+    for (int d = 0; d < g.ndim; ++d) {
+      std::vector<opmath_t> next;
+      for (const opmath_t a : flat)
+        for (const opmath_t b : factor[d]) next.push_back(a * b);
+      flat.swap(next);
+    }
+    const int64_t taps = static_cast<int64_t>(flat.size());
     if (weight.is_contiguous() && out.is_contiguous()) {  // the usual layout (scale_rows.h)
-      std::vector<opmath_t> flat(1, opmath_t(1));
-      for (int d = 0; d < g.ndim; ++d) {
-        std::vector<opmath_t> next;
-        for (const opmath_t a : flat)
-          for (const opmath_t b : factor[d]) next.push_back(a * b);
-        flat.swap(next);
-      }
-      const int64_t taps = static_cast<int64_t>(flat.size());
-      scale_rows(src, flat.data(), dst, weight.numel() / taps, taps);
+      scale_rows(weight.const_data_ptr<scalar_t>(), flat.data(), out.data_ptr<scalar_t>(), weight.numel() / taps,
+                 taps);
       return;
     }
-    const TapWalk walk(weight, out);
-    at::parallel_for(0, weight.numel(), kTapWork, [&](int64_t first, int64_t last) {
-      int64_t tap[kMaxSpatialDims];
-      int64_t in_off, out_off;
-      for (int64_t e = first; e < last; ++e) {
-        walk.offsets(e, in_off, out_off, tap);
-        opmath_t f = 1;
-        for (int d = 0; d < g.ndim; ++d) f *= factor[d][tap[d]];
-        dst[out_off] = static_cast<scalar_t>(static_cast<opmath_t>(src[in_off]) * f);
-      }
-    });
+    // Any other layout (channels_last, as inductor lays weights out for convolutions): the factors
+    // as a (1, 1, *kernel) tensor in opmath_t, broadcast by TensorIterator, which walks the strides
+    // in memory order; the product is taken in opmath_t and rounded once into `out`.
+    std::vector<int64_t> shape{1, 1};
+    for (int d = 0; d < g.ndim; ++d) shape.push_back(g.axis[d].kernel);
+    const at::Tensor f = at::tensor(at::ArrayRef<opmath_t>(flat), weight.options().dtype(
+                                                                      c10::CppTypeToScalarType<opmath_t>::value))
+                             .view(shape);
+    at::mul_out(out, weight, f);
   });
   return out;
 }
