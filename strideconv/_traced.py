@@ -5,14 +5,15 @@ In eager mode a corrected layer is one call of ``torch.ops.strideconv.conv`` (or
 layout the op had when traced, while every plain convolution of the graph gets the layout
 inductor picks for convolutions (channels_last on CPU and CUDA, 1.2-1.7x faster there for a
 3x3/2 layer on CPU). So while dynamo traces (not for ``torch.export``, which keeps the ops),
-the layers are written with ``aten.convolution`` itself and strideconv's small scaling ops:
+the layers are written with torch's own convolutions (``F.conv2d`` and its siblings, which
+autocast casts and which reach ``aten.convolution``) and strideconv's small scaling ops:
 
-- a strided convolution is an ``autograd.Function`` whose forward is ``aten.convolution`` and
+- a strided convolution is an ``autograd.Function`` whose forward is the plain convolution and
   whose backward is one ``aten.convolution_backward`` with the weight scaled by
   ``strideconv.scale_weight``, then, for ``position``, ``strideconv.scale_border`` on the input
   gradient: the same arithmetic as the compiled node (docs/design.md);
 - a transposed convolution is the same function as the op, written with differentiable ops:
-  ``scale_weight`` on the weight (``map``, ``kernel``), or ``aten.convolution`` times
+  ``scale_weight`` on the weight (``map``, ``kernel``), or the plain output times
   ``strideconv.output_factors`` (``position``: one multiply that inductor fuses with its
   neighbours), plus the bias.
 
@@ -22,18 +23,22 @@ The scaling ops accept any layout (``flexible_layout``), so inductor's choice re
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 _ops = torch.ops.strideconv
 _aten = torch.ops.aten
+# torch.nn.functional's convolutions, not aten.convolution: autocast casts these (as it casts
+# nn.Conv2d's), and dynamo records the aten.convolution they reach
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 class TracedConv(torch.autograd.Function):
-    """``aten.convolution`` forward; the corrected input gradient in the backward."""
+    """The plain convolution forward; the corrected input gradient in the backward."""
 
     @staticmethod
     def forward(input, weight, bias, stride, padding, dilation, groups, correction, power):
-        return _aten.convolution.default(input, weight, bias, list(stride), list(padding), list(dilation), False,
-                                         [0] * len(stride), groups)
+        return _CONV[len(stride)](input, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -48,14 +53,16 @@ class TracedConv(torch.autograd.Function):
         stride, padding, dilation, groups, correction, power = ctx.settings
         need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
         need_bias = need_bias and ctx.has_bias
+        # Under autocast the forward ran in the gradient's dtype: the operands are cast to it here
+        # (the weight after its scaling, so it is rounded once); autograd casts the gradients back.
+        dtype = grad.dtype
         scaled = weight
         if need_input and correction != "none":
             # grad_weight and grad_bias do not depend on the weight: they come out true
-            scaled = _ops.scale_weight(weight, input.shape[2:], stride, padding, dilation, correction,
-                                       power).to(weight.dtype)
+            scaled = _ops.scale_weight(weight, input.shape[2:], stride, padding, dilation, correction, power)
         grad_input, grad_weight, grad_bias = _aten.convolution_backward.default(
-            grad, input, scaled, [weight.shape[0]] if need_bias else None, stride, padding, dilation, False,
-            [0] * len(stride), groups, [need_input, need_weight, need_bias])
+            grad, input.to(dtype), scaled.to(dtype), [weight.shape[0]] if need_bias else None, stride, padding,
+            dilation, False, [0] * len(stride), groups, [need_input, need_weight, need_bias])
         if need_input and correction == "position":  # a fresh tensor: its band scaled in place
             _ops.scale_border_(grad_input, list(weight.shape[2:]), stride, padding, dilation, power)
         return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
@@ -64,8 +71,7 @@ class TracedConv(torch.autograd.Function):
 def conv(input, weight, bias, stride, padding, dilation, groups, correction, power):
     """``strideconv.conv`` for a batched input, as dynamo should trace it."""
     if correction == "none":
-        return _aten.convolution.default(input, weight, bias, list(stride), list(padding), list(dilation), False,
-                                         [0] * len(stride), groups)
+        return _CONV[len(stride)](input, weight, bias, stride, padding, dilation, groups)
     return TracedConv.apply(input, weight, bias, stride, padding, dilation, groups, correction, power)
 
 
@@ -74,21 +80,25 @@ def conv_transpose(input, weight, bias, stride, padding, output_padding, dilatio
     stride, padding, output_padding, dilation = list(stride), list(padding), list(output_padding), list(dilation)
 
     def plain(w, b):
-        return _aten.convolution.default(input, w, b, stride, padding, dilation, True, output_padding, groups)
+        return _CONV_TRANSPOSE[len(stride)](input, w, b, stride, padding, output_padding, groups, dilation)
 
     if correction == "none":
         return plain(weight, bias)
     if correction in ("map", "kernel"):  # the weight scaled (per tap class, or by alpha); the bias added after
         size = _output_size(input, weight, stride, padding, output_padding, dilation)
         scaled = _ops.scale_weight(weight, size, stride, padding, dilation, correction, power, output_padding)
-        return plain(scaled.to(weight.dtype), bias)
-    # "position": the output times its factor map, then the bias
+        return plain(scaled, bias)  # under autocast the scaled weight is cast once, here
+    # "position": the output times its factor map (float32 factors: a product in float16 or
+    # bfloat16 is rounded once), then the bias
     out = plain(weight, None)
-    out = out * _ops.output_factors(out.detach(), list(weight.shape[2:]), stride, padding, dilation, output_padding,
-                                    correction, power).to(out.dtype)
+    like = out.new_empty((1, 1) + tuple(out.shape[2:]), dtype=torch.float64 if out.dtype == torch.float64
+                         else torch.float32)
+    factors = _ops.output_factors(like, list(weight.shape[2:]), stride, padding, dilation, output_padding,
+                                  correction, power)
+    scaled = out * factors
     if bias is not None:
-        out = out + bias.reshape((-1,) + (1,) * len(stride))
-    return out
+        scaled = scaled + bias.reshape((-1,) + (1,) * len(stride))
+    return scaled.to(out.dtype)
 
 
 def _output_size(input, weight, stride, padding, output_padding, dilation):

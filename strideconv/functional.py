@@ -21,7 +21,7 @@ _conv_transpose_op = torch.ops.strideconv.conv_transpose.default
 _has_torch_function = torch.overrides.has_torch_function_variadic
 _transforms_active = torch._C._are_functorch_transforms_active
 _is_compiling = torch.compiler.is_compiling
-_is_exporting = torch.compiler.is_exporting
+
 # Whether dynamo traces (it reads True there): the one context the C++ fast path must not run in,
 # since dynamo must see the op. Other tracers see the dispatched op, or hand us tensor subclasses
 # that the fast path refuses. Cheaper than is_compiling(), which also covers torch.export.
@@ -30,6 +30,13 @@ _is_tracing = torch._C._is_tracing
 _in_onnx_export = torch.onnx.is_in_onnx_export
 _PLAIN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _PLAIN_TRANSPOSED = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def _is_exporting() -> bool:
+    """Whether torch.export traces: the flag it sets while it does, read as it stands (under
+    torch.compile, torch 2.11's dynamo answers True for torch.compiler.is_exporting())."""
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    return torch.compiler.is_exporting() if flag is None else flag
 
 
 def _string_padding(input, weight, padding: str, stride, dilation, nd: int, correction: str, power: float):

@@ -54,8 +54,8 @@ def test_compile_fullgraph_matches_eager(dynamic, device):
 
 @pytest.mark.parametrize("correction", ["none", "map", "kernel", "position"])
 def test_compile_sees_aten_convolutions_and_gives_the_corrected_gradients(correction):
-    """While dynamo traces, the layers are written with aten.convolution (inductor lays them out
-    as any convolution) and strideconv's scaling ops: the graph holds no strideconv.conv or
+    """While dynamo traces, the layers are written with torch's convolutions (inductor lays them
+    out as any convolution) and strideconv's scaling ops: the graph holds no strideconv.conv or
     conv_transpose, and every gradient is eager's (float64, static and dynamic shapes, with and
     without bias, strided and transposed layers)."""
     def build():
@@ -76,7 +76,7 @@ def test_compile_sees_aten_convolutions_and_gives_the_corrected_gradients(correc
     torch._dynamo.reset()
     torch.compile(model, backend=capture, fullgraph=True)(torch.randn(1, 3, 8, 8, dtype=torch.float64))
     targets = {n.target for g in graphs for n in g.graph.nodes if n.op == "call_function"}
-    assert torch.ops.aten.convolution.default in targets
+    assert torch.conv_transpose2d in targets  # the strided layers sit in autograd.Function nodes
     assert not targets & {torch.ops.strideconv.conv.default, torch.ops.strideconv.conv_transpose.default}
     for dynamic in (False, True):
         torch._dynamo.reset()
@@ -88,6 +88,27 @@ def test_compile_sees_aten_convolutions_and_gives_the_corrected_gradients(correc
             torch.testing.assert_close(y1, y0, rtol=1e-12, atol=1e-12)
             for a, b in zip(g1, g0):
                 torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("correction", ["none", "map", "kernel", "position"])
+def test_compile_under_autocast_matches_eager(correction):
+    """Compiled under autocast, the layers compute in the autocast dtype, as in eager mode (the
+    output's dtype is eager's), and the gradients agree with eager's to bfloat16 precision."""
+    torch.manual_seed(0)
+    model = nn.Sequential(strideconv.Conv2d(3, 8, 3, 2, 1, correction=correction), nn.ReLU(),
+                          strideconv.ConvTranspose2d(8, 4, 3, 2, 1, output_padding=1, correction=correction))
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.autocast("cpu", torch.bfloat16):
+        y0, y1 = model(x), compiled(x)
+    assert y0.dtype == y1.dtype == torch.bfloat16
+    torch.testing.assert_close(y1, y0, rtol=2e-2, atol=2e-2)
+    g0 = torch.autograd.grad(y0.float().square().sum(), [x] + list(model.parameters()))
+    g1 = torch.autograd.grad(y1.float().square().sum(), [x] + list(model.parameters()))
+    for a, b in zip(g1, g0):
+        assert a.dtype == b.dtype
+        assert (a - b).norm() <= 2e-2 * b.norm()
 
 
 # ----- torch.export ---------------------------------------------------------------------------
