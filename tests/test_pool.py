@@ -220,3 +220,17 @@ def test_pooling_op_checks_and_argument_forms():
     assert torch.equal(got3, want3)
     with pytest.raises(ValueError, match="fixed"):
         op(x, f.clone().requires_grad_(), [3, 3], [2, 2], [1, 1], False, True, None)
+
+
+def test_forward_mode_ad_refused_loudly():
+    """No jvp is defined for the corrected pooling: forward-mode AD raises, never returns the
+    plain (uncorrected) derivative; correction="none" is F.avg_pool2d and supports it."""
+    import torch.autograd.forward_ad as fwAD
+
+    x = torch.randn(1, 2, 8, 8, requires_grad=True)
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, torch.randn_like(x))
+        with pytest.raises(RuntimeError, match="forward-mode"):
+            avg_pool2d(dual, 3, 2, 1)
+        tangent = fwAD.unpack_dual(avg_pool2d(dual, 3, 2, 1, correction="none")).tangent
+        assert tangent is not None
