@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from ._arguments import int_tuple_exact, same_padding
-from .factors import axis_alpha, axis_class_counts, axis_counts, axis_transposed_counts, pool_axis_counts
+from .factors import (_transposed_length, axis_alpha, axis_class_counts, axis_counts, axis_transposed_counts,
+                      pool_axis_counts)
 from .modules import TORCH_CONV_TRANSPOSES, TORCH_CONVS
 
 __all__ = ["Layer", "Report", "report"]
@@ -128,7 +129,7 @@ def _transposed_geometry(module, input, output, nd: int):
     kernel, stride = expand(module.kernel_size, "kernel_size"), expand(module.stride, "stride")
     padding, dilation = expand(module.padding, "padding"), expand(module.dilation, "dilation")
     out_padding = tuple(
-        Lo - ((Li - 1) * s - 2 * p + q * (k - 1) + 1)
+        Lo - _transposed_length(Li, k, s, p, 0, q)
         for Li, Lo, k, s, p, q in zip(size_in, size_out, kernel, stride, padding, dilation)
     )
     return size_in, size_out, kernel, stride, padding, out_padding, dilation

@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .factors import _transposed_length
+
 _ops = torch.ops.strideconv
 _aten = torch.ops.aten
 # torch.nn.functional's convolutions, not aten.convolution: autocast casts these (as it casts
@@ -102,7 +104,6 @@ def conv_transpose(input, weight, bias, stride, padding, output_padding, dilatio
 
 
 def _output_size(input, weight, stride, padding, output_padding, dilation):
-    """The spatial size of a transposed convolution's output: (L - 1) s - 2p + q (k - 1) + a + 1."""
-    return [(length - 1) * s - 2 * p + q * (k - 1) + a + 1
-            for length, k, s, p, a, q in zip(input.shape[2:], weight.shape[2:], stride, padding, output_padding,
-                                             dilation)]
+    """The spatial size of a transposed convolution's output."""
+    return [_transposed_length(*axis)
+            for axis in zip(input.shape[2:], weight.shape[2:], stride, padding, output_padding, dilation)]

@@ -42,10 +42,16 @@ def axis_transposed_counts(
             f"kernel={kernel}, stride={stride}, padding={padding}, output_padding={output_padding}, "
             f"dilation={dilation}, length={in_length}"
         )
-    out_length = (in_length - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+    out_length = _transposed_length(in_length, kernel, stride, padding, output_padding, dilation)
     if out_length < 0:
         raise ValueError(f"the output length would be negative ({out_length})")
     return _window_counts(out_length, in_length, kernel, stride, padding, dilation)
+
+
+def _transposed_length(in_length, kernel, stride, padding, output_padding, dilation):
+    """The output length of a transposed convolution along one axis: (L - 1) s - 2p + q (k - 1) + a + 1
+    (ints, or symbolic sizes while torch.compile traces)."""
+    return (in_length - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
 
 
 def _window_counts(length, out_length, kernel, stride, padding, dilation) -> list[int]:

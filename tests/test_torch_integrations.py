@@ -35,6 +35,16 @@ def grads_of(model, x):
     return y.detach(), grads
 
 
+def assert_matches_eager(model, compiled, xs, rtol, atol):
+    """The compiled model's output and every gradient equal the eager model's, on each input."""
+    for x in xs:
+        y0, g0 = grads_of(model, x)
+        y1, g1 = grads_of(compiled, x)
+        torch.testing.assert_close(y1, y0, rtol=rtol, atol=atol)
+        for a, b in zip(g1, g0):
+            torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
 # ----- torch.compile ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dynamic", [False, True])
@@ -42,14 +52,9 @@ def test_compile_fullgraph_matches_eager(dynamic, device):
     torch._dynamo.reset()
     model = small_cnn(device=device)
     compiled = torch.compile(model, fullgraph=True, dynamic=dynamic)
-    sizes = [32, 48] if dynamic else [32]
-    for size in sizes:  # with dynamic=True the second size reuses the symbolic graph
-        x = torch.randn(2, 3, size, size, device=device)
-        y0, g0 = grads_of(model, x)
-        y1, g1 = grads_of(compiled, x)
-        torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-5)
-        for a, b in zip(g1, g0):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    sizes = [32, 48] if dynamic else [32]  # with dynamic=True the second size reuses the symbolic graph
+    assert_matches_eager(model, compiled, [torch.randn(2, 3, size, size, device=device) for size in sizes],
+                         rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("correction", ["none", "map", "kernel", "position"])
@@ -58,21 +63,18 @@ def test_compile_sees_aten_convolutions_and_gives_the_corrected_gradients(correc
     out as any convolution) and strideconv's scaling ops: the graph holds no strideconv.conv or
     conv_transpose, and every gradient is eager's (float64, static and dynamic shapes, with and
     without bias, strided and transposed layers)."""
-    def build():
-        torch.manual_seed(0)
-        return nn.Sequential(
-            strideconv.Conv2d(3, 8, 3, 2, 1, correction=correction), nn.ReLU(),
-            strideconv.ConvTranspose2d(8, 4, 3, 2, 1, output_padding=1, correction=correction),
-            strideconv.ConvTranspose2d(4, 2, 4, 2, 1, bias=False, correction=correction),
-            strideconv.Conv2d(2, 2, 3, 2, 1, bias=False, correction=correction)).double()
-
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        strideconv.Conv2d(3, 8, 3, 2, 1, correction=correction), nn.ReLU(),
+        strideconv.ConvTranspose2d(8, 4, 3, 2, 1, output_padding=1, correction=correction),
+        strideconv.ConvTranspose2d(4, 2, 4, 2, 1, bias=False, correction=correction),
+        strideconv.Conv2d(2, 2, 3, 2, 1, bias=False, correction=correction)).double()
     graphs = []
 
     def capture(gm, example_inputs):
         graphs.append(gm)
         return gm
 
-    model = build()
     torch._dynamo.reset()
     torch.compile(model, backend=capture, fullgraph=True)(torch.randn(1, 3, 8, 8, dtype=torch.float64))
     targets = {n.target for g in graphs for n in g.graph.nodes if n.op == "call_function"}
@@ -81,13 +83,8 @@ def test_compile_sees_aten_convolutions_and_gives_the_corrected_gradients(correc
     for dynamic in (False, True):
         torch._dynamo.reset()
         compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=dynamic)
-        for size in ([16, 20] if dynamic else [16]):
-            x = torch.randn(2, 3, size, size, dtype=torch.float64)
-            y0, g0 = grads_of(model, x)
-            y1, g1 = grads_of(compiled, x)
-            torch.testing.assert_close(y1, y0, rtol=1e-12, atol=1e-12)
-            for a, b in zip(g1, g0):
-                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        xs = [torch.randn(2, 3, size, size, dtype=torch.float64) for size in ([16, 20] if dynamic else [16])]
+        assert_matches_eager(model, compiled, xs, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("correction", ["none", "map", "kernel", "position"])
