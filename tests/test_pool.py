@@ -234,3 +234,39 @@ def test_forward_mode_ad_refused_loudly():
             avg_pool2d(dual, 3, 2, 1)
         tangent = fwAD.unpack_dual(avg_pool2d(dual, 3, 2, 1, correction="none")).tangent
         assert tangent is not None
+
+
+def test_direct_calls_of_the_pooling_op_refuse_malformed_arguments():
+    """strideconv::avg_pool2d is a registered op anyone can call: malformed arguments raise (in
+    the forward, ATen's avg_pool2d's own errors; in the backward, the kernel's checks), in a child
+    process so that a crash would be seen as one."""
+    import subprocess
+    import sys
+
+    code = r"""
+import torch, strideconv
+op = torch.ops.strideconv.avg_pool2d
+x, f = torch.randn(2, 3, 8, 8, requires_grad=True), torch.ones(8, 8)
+op(x, f, [2, 2], [2, 2], [0, 0], False, True, None).sum().backward()
+assert x.grad.shape == x.shape
+bad = [
+    (x, f, [], [2, 2], [0, 0], False, True, None),                      # empty kernel
+    (x, f, [2, 2, 2], [2, 2], [0, 0], False, True, None),               # three kernel values
+    (x, f, [2, 2], [0, 2], [0, 0], False, True, None),                  # zero stride
+    (x, f, [2, 2], [2, 2], [], False, True, None),                      # empty padding
+    (x, f, [2, 2], [2, 2], [2, 0], False, True, None),                  # padding over half the kernel
+    (x, f, [2, 2], [2, 2], [0, 0], False, True, 0),                     # zero divisor
+    (x, torch.ones(7, 8), [2, 2], [2, 2], [0, 0], False, True, None),   # factor of another size
+    (x, f.long(), [2, 2], [2, 2], [0, 0], False, True, None),           # integer factor map
+    (x[0, 0, 0], f, [2, 2], [2, 2], [0, 0], False, True, None),         # 1-d input (torch's IndexError)
+]
+for i, args in enumerate(bad):
+    try:
+        op(*args).sum().backward()
+    except (RuntimeError, ValueError, IndexError):
+        continue
+    raise SystemExit(f"case {i} ran")
+print("refused")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "refused" in proc.stdout, proc.stderr[-2000:] + proc.stdout
