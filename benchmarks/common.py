@@ -213,7 +213,7 @@ def study_arguments(doc: str, argv) -> tuple:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", default=None, help="a count (10), a range (100-109) or a list (0,4,7); "
                         "default 10, 2 with --quick")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), "out"))
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     return args, parse_seeds(args.seeds or ("2" if args.quick else "10"))

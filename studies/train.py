@@ -1,10 +1,10 @@
 """Training evidence: plain strided convolutions against strideconv's corrections, every variant
 with its own tuned learning rate.
 
-    python benchmarks/train.py                # the default set, CPU (about 40 minutes on 2 cores)
-    python benchmarks/train.py --quick        # smoke run (a test runs it)
-    python benchmarks/train.py --device cuda
-    python benchmarks/train.py --settings deep28-cnn fixup28-resnet
+    python studies/train.py                # the default set, CPU (about 40 minutes on 2 cores)
+    python studies/train.py --quick        # smoke run (a test runs it)
+    python studies/train.py --device cuda
+    python studies/train.py --settings deep28-cnn fixup28-resnet
 
 Every setting (training_setup.SETTINGS) trains one network with plain convolutions
 (torch.nn.ConvNd) and with the corrections ("position", "kernel", "map"; power 0.5, and
@@ -40,11 +40,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, replace
 
 import torch
 
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benchmarks"))  # common.py, shared with the benchmark
 from common import describe, tqdm
 from training_loop import run_jobs
 from training_report import best_lrs, rerender, widened, write_report
@@ -130,7 +132,7 @@ def main(argv=None):
                     for name, (x, y, xv, yv, xt, yt) in datasets.items()}
     grids, rows = sweep(settings, seeds, args.device, args.jobs, args.widen, datasets)
     os.makedirs(args.out, exist_ok=True)
-    meta = dict(describe(args.device, "benchmarks/train.py", argv), wall_s=time.perf_counter() - t0)
+    meta = dict(describe(args.device, "studies/train.py", argv), wall_s=time.perf_counter() - t0)
     data = dict(meta=meta, settings=[asdict(s) for s in settings], variants=[v._asdict() for v in VARIANTS],
                 grids=grids, results=rows)
     with open(os.path.join(args.out, "train.json"), "w") as f:

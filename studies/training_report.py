@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import statistics
 from typing import Dict, List, Optional
 
 import numpy as np
 
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benchmarks"))  # common.py, shared with the benchmark
 from common import mean_std, t_interval
 
 

@@ -1,9 +1,9 @@
 """Optimising an image through a strided CNN, at matched cost: does a corrected gradient reach
 the objective, and does it draw better images than the standard remedies?
 
-    python benchmarks/image_optimisation.py              # 10 seeds, about 5 minutes on two CPU cores
-    python benchmarks/image_optimisation.py --quick      # smoke run
-    python benchmarks/image_optimisation.py --seeds 100-109
+    python studies/image_optimisation.py              # 10 seeds, about 5 minutes on two CPU cores
+    python studies/image_optimisation.py --quick      # smoke run
+    python studies/image_optimisation.py --seeds 100-109
 
 Per seed, a CNN with three 3x3/2 convolutions (digit_cnn.py) is trained plainly on 28x28 digits.
 One image per class is optimised through it, from the same seeded start (grey 0.5 plus a
@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benchmarks"))  # common.py, shared with the benchmark
 from common import describe, paired, paired_cell, study_arguments, tqdm, write_study
 from digit_cnn import pattern, strided_cnn, train, variants
 from digits import load_digits28
@@ -247,7 +248,7 @@ def main(argv=None):
         records.append(rec)
         example = example or shown
     stats = statistics_of(records)
-    meta = describe(dev, "benchmarks/image_optimisation.py", argv)
+    meta = describe(dev, "studies/image_optimisation.py", argv)
     picture(os.path.join(args.out, "image_optimisation.png"), example)
     text = report(meta, sizes, seeds, stats, scorer_accuracy, real)
     write_study(args.out, "image_optimisation", text, dict(

@@ -2,9 +2,9 @@
 gradient x input) and adversarial perturbations (L_inf and L2 PGD) of a strided CNN trained on
 real 28x28 digits, plain and corrected.
 
-    python benchmarks/image_gradients.py                   # 10 seeds, about 5 minutes on two CPU cores
-    python benchmarks/image_gradients.py --seeds 100-109   # other seeds (a count, a range or a list)
-    python benchmarks/image_gradients.py --quick           # smoke run
+    python studies/image_gradients.py                   # 10 seeds, about 5 minutes on two CPU cores
+    python studies/image_gradients.py --seeds 100-109   # other seeds (a count, a range or a list)
+    python studies/image_gradients.py --quick           # smoke run
 
 Per seed, a CNN with three 3x3/2 convolutions (digit_cnn.py) is trained plainly; every gradient
 variant uses its weights (same forward). The pattern metrics (strideconv.metrics: stride-phase
@@ -26,6 +26,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benchmarks"))  # common.py, shared with the benchmark
 from common import describe, paired, paired_cell, study_arguments, tqdm, write_study
 from digit_cnn import GRADIENTS, accuracy, corrected, pattern, phase_equalised, strided_cnn, train
 from digits import load_digits28
@@ -183,7 +184,7 @@ def main(argv=None):
     stats = statistics_of(records)
     x = data.test.x[: sizes["images"]]
     real = pattern(x - x.mean(dim=(2, 3), keepdim=True))
-    meta = describe(args.device, "benchmarks/image_gradients.py", argv)
+    meta = describe(args.device, "studies/image_gradients.py", argv)
     picture(os.path.join(args.out, "image_gradients.png"), example)
     text = report(meta, sizes, seeds, records, stats, real)
     write_study(args.out, "image_gradients", text, dict(meta=meta, sizes=sizes, seeds=seeds, variants=VARIANTS,

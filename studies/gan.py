@@ -1,8 +1,8 @@
 """GAN study: does a stride pattern reach a generator through its discriminator's input gradient,
 and does strideconv's correction of that gradient remove it? 28x28 digits, two CPU cores.
 
-    python benchmarks/gan.py            # 2 discriminators x 2 variants x 3 seeds, minutes on 2 cores
-    python benchmarks/gan.py --quick    # smoke run
+    python studies/gan.py            # 2 discriminators x 2 variants x 3 seeds, minutes on 2 cores
+    python studies/gan.py --quick    # smoke run
 
 The generator has NO transposed convolution (nearest upsampling + 3x3 convolutions, Odena et
 al.'s fix), so a stride pattern in its samples can only come through the gradient the
@@ -32,6 +32,7 @@ from torch import nn
 import strideconv
 from strideconv.metrics import azimuthal_spectrum, harmonic_energy_ratio
 
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benchmarks"))  # common.py, shared with the benchmark
 from common import describe, mean_std, tqdm
 from digits import load_digits28
 from digit_cnn import strided_cnn, train
@@ -171,7 +172,7 @@ def main(argv=None):
                      for s in range(seeds)]
             paired.append(dict(kernel=kernel, metric=k, diff=mean_std(diffs)))
     picture(grids, os.path.join(args.out, "gan.png"))
-    meta = describe(dev, "benchmarks/gan.py", argv)
+    meta = describe(dev, "studies/gan.py", argv)
     f3 = lambda v: f"{v[0]:.3f} ± {v[1]:.3f}"  # noqa: E731
     lines = [
         "# GAN study: the discriminator's stride pattern in the generator's samples", "",
