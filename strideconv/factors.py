@@ -20,14 +20,17 @@ __all__ = [
 ]
 
 
-def axis_counts(length: int, kernel: int, stride: int, padding: int, dilation: int) -> list[int]:
-    """C(i) for one axis: how many (output o, tap t) pairs read input position i."""
-    if kernel < 1 or stride < 1 or dilation < 1 or padding < 0 or length < 0:
+def axis_counts(length: int, kernel: int, stride: int, padding: int, dilation: int,
+                padding_after: int | None = None) -> list[int]:
+    """C(i) for one axis: how many (output o, tap t) pairs read input position i. ``padding`` is
+    the zeros before the input; ``padding_after``, those after it (default: as many)."""
+    after = padding if padding_after is None else padding_after
+    if kernel < 1 or stride < 1 or dilation < 1 or min(padding, after) < 0 or length < 0:
         raise ValueError(
             "need kernel, stride, dilation >= 1 and padding, length >= 0, got "
             f"kernel={kernel}, stride={stride}, padding={padding}, dilation={dilation}, length={length}"
         )
-    out_length = (length + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    out_length = (length + padding + after - dilation * (kernel - 1) - 1) // stride + 1
     return _window_counts(length, out_length, kernel, stride, padding, dilation)
 
 

@@ -12,6 +12,8 @@ import math
 import threading
 
 import numpy as np
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -344,6 +346,14 @@ def test_torch_export_records_the_operator():
     assert torch.equal(exported.module()(X), model(X))
 
 
-def test_convert_names_corrected_for_what_it_skips():
-    with pytest.warns(UserWarning, match=r"strideconv\.corrected\(\)"):
-        strideconv.convert(nn.Sequential(StdConv2d(3, 4, 3, stride=2)))
+def test_convert_corrects_a_subclass_as_corrected_does():
+    torch.manual_seed(0)
+    model = nn.Sequential(StdConv2d(3, 4, 3, stride=2))
+    x = torch.randn(2, 3, 11, 11, requires_grad=True)
+    with strideconv.corrected():
+        (want,) = torch.autograd.grad(model(x).square().sum(), x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        strideconv.convert(model)
+    (got,) = torch.autograd.grad(model(x).square().sum(), x)
+    assert torch.equal(got, want)

@@ -111,14 +111,15 @@ def test_min_stride_and_nd_and_root_module():
 
 
 def test_convert_keeps_device_dtype_and_subclasses():
-    class MyConv(nn.Conv2d):  # a subclass may have its own forward: left alone
+    class MyConv(nn.Conv2d):  # a subclass keeps its class: its forward runs inside the mode
         pass
 
     model = nn.Sequential(MyConv(1, 1, 2, 2), nn.Conv2d(1, 1, 2, 2, dtype=torch.float16))
-    with pytest.warns(UserWarning, match="MyConv"):
-        strideconv.convert(model)
-    assert type(model[0]) is MyConv
+    strideconv.convert(model)
+    assert isinstance(model[0], MyConv) and type(model[0]).__name__ == "MyConv" and repr(model[0]).startswith("MyConv(")
     assert model[1].weight.dtype == torch.float16
+    strideconv.revert(model)
+    assert type(model[0]) is MyConv
 
 
 def test_bad_arguments():
@@ -170,7 +171,7 @@ def test_parametrized_convolution_is_converted_and_keeps_its_parametrization():
 
 def test_lazy_convolution_is_named_until_materialised_then_converted():
     model = nn.Sequential(nn.LazyConv2d(4, 3, 2))
-    with pytest.warns(UserWarning, match=r"0 \(LazyConv2d\)"):
+    with pytest.warns(UserWarning, match=r"1 LazyConv2d \(lazy ones convert after their first forward pass\)"):
         strideconv.convert(model)
     assert isinstance(model[0], nn.LazyConv2d)
     model(torch.randn(1, 3, 8, 8))  # materialises: the module becomes an nn.Conv2d
@@ -178,11 +179,17 @@ def test_lazy_convolution_is_named_until_materialised_then_converted():
     assert type(model[0]) is strideconv.Conv2d
 
 
-def test_subclass_is_left_alone_and_named():
+def test_subclass_without_a_forward_of_its_own_is_corrected_too():
     class MyConv(nn.Conv2d):
         pass
 
-    model = nn.Sequential(MyConv(3, 3, 3, 2))
-    with pytest.warns(UserWarning, match=r"0 \(MyConv\)"):
-        strideconv.convert(model)
-    assert type(model[0]) is MyConv
+    torch.manual_seed(0)
+    model = nn.Sequential(MyConv(3, 3, 3, 2).double())
+    x = torch.randn(1, 3, 9, 9, dtype=torch.float64, requires_grad=True)
+    y0 = model(x)
+    strideconv.convert(model, correction="kernel")
+    y = model(x)
+    assert torch.equal(y, y0)
+    (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    expected = expected_grad_input("kernel", 0.5, x, model[0].weight, torch.ones_like(y), (2, 2), (0, 0), (1, 1), 1)
+    torch.testing.assert_close(g, expected)

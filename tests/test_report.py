@@ -33,7 +33,7 @@ def test_report_rows():
     assert stem.correction == "position" and patch.correction.startswith("none")
     assert pool.correction == "kernel" and pool.kind == "AvgPool2d"
     table = str(rows)
-    assert table.count("\n") == 1 + len(rows) and "| 0 | Conv2d | 32x32 | 3x3 | 2x2 | 1x1 | [1 2; 2 4] |" in table
+    assert table.count("\n") == 1 + len(rows) and "| 0 | Conv2d | conv2d | 32x32 | 3x3 | 2x2 | 1x1 | [1 2; 2 4] |" in table
 
 
 def test_large_cells_are_summarised_by_their_shares():
@@ -59,7 +59,7 @@ def test_report_command_line(tmp_path):
     ).stdout
     lines = [line for line in out.splitlines() if line.startswith("| ")]
     assert len(lines) == 3  # header and two strided layers
-    assert "| 2 | Conv2d | 8x8 | 2x2 | 2x2 | 0x0 | uniform: 1 | 0.250 |" in out
+    assert "| 2 | Conv2d | conv2d | 8x8 | 2x2 | 2x2 | 0x0 | uniform: 1 | 0.250 |" in out
     assert "count cell: how many kernel windows reach each position" in out  # the legend
 
 
@@ -72,7 +72,7 @@ def test_command_line_help_is_plain_text():
 def test_padding_modes_use_the_count_map_of_the_padded_input():
     conv = strideconv.Conv2d(1, 1, 3, 2, padding=1, padding_mode="reflect")
     (row,) = strideconv.report(nn.Sequential(conv), torch.zeros(1, 1, 8, 8))
-    assert row.input_size == (10, 10) and row.padding == (0, 0)
+    assert row.input_size == (10, 10) and row.padding == ((0, 0), (0, 0))
     C = count_map_by_autograd((10, 10), (3, 3), (2, 2), (0, 0), (1, 1))
     assert row.deficit == pytest.approx(C.mean().item() / 9)
     alpha = 9**0.5 / (C**1.0).mean().sqrt().item()  # K^g / sqrt(mean C^(2g)), g = 0.5
