@@ -18,17 +18,27 @@ import torch
 CORRECTIONS = ("none", "map", "kernel", "position")
 
 
-def int_arg(value, name: str):
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_OVERFLOW = "Overflow when unpacking long long"  # torch's words
+
+
+def int_arg(value, name: str, position: int = 0):
     """An integer as torch's argument parser takes it (int, numpy or 0-d tensor integer, SymInt;
-    not bool or float)."""
-    if type(value) is int or isinstance(value, torch.SymInt):
+    not bool or float). Out of int64's range, torch's exception types: a ValueError for a single
+    int, a TypeError for an entry of a list (``position``, counted from 1)."""
+    if type(value) is int and _INT64_MIN <= value <= _INT64_MAX or isinstance(value, torch.SymInt):
         return value
     if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dim() != 0):
         raise TypeError(f"{name} must be an int or a tuple of ints, got {value!r}")
     try:
-        return operator.index(value)
+        value = operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an int or a tuple of ints, got {value!r}") from None
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        if position:
+            raise TypeError(f"argument '{name}' failed to unpack the object at pos {position} with error \"{_OVERFLOW}\"")
+        raise ValueError(_OVERFLOW)
+    return value
 
 
 def int_tuple(value, nd: int, name: str) -> tuple:
@@ -36,12 +46,12 @@ def int_tuple(value, nd: int, name: str) -> tuple:
     lengths are returned as they are, for the operator (ATen) to reject in torch's words."""
     if type(value) is tuple and len(value) == nd:  # the common case first: modules store these
         for v in value:
-            if type(v) is not int:
+            if type(v) is not int or not _INT64_MIN <= v <= _INT64_MAX:
                 break
         else:
             return value
     if isinstance(value, (tuple, list)):
-        ints = tuple(int_arg(v, name) for v in value)
+        ints = tuple(int_arg(v, name, i + 1) for i, v in enumerate(value))
         return ints * nd if len(ints) == 1 else ints
     return (int_arg(value, name),) * nd
 

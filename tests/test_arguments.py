@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import strideconv
+from helpers import same_error_type
 from reference import expected_grad_input
 
 FORMS = [
@@ -144,3 +145,50 @@ def test_compiled_op_checks_its_own_arguments():
     with pytest.raises(RuntimeError, match="more than one element"):
         torch.ops.strideconv.scale_border_(torch.ones(1, 1, 1, 1).expand(2, 3, 8, 8), [3, 3], [2, 2],
                                            [1, 1], [1, 1], 0.5)
+
+
+BIG = 2**63
+OUT_OF_RANGE = [
+    pytest.param(dict(groups=BIG), id="groups"), pytest.param(dict(groups=-BIG - 1), id="groups-negative"),
+    pytest.param(dict(stride=BIG), id="stride-int"), pytest.param(dict(stride=(2, BIG)), id="stride-list"),
+    pytest.param(dict(padding=(1, BIG)), id="padding-list"), pytest.param(dict(padding=[BIG]), id="padding-1-list"),
+    pytest.param(dict(dilation=(1, BIG)), id="dilation-list"),
+]
+
+
+@pytest.mark.parametrize("kwargs", OUT_OF_RANGE)
+@pytest.mark.parametrize("path", ["functional", "corrected()"])
+def test_out_of_range_integers_raise_torchs_exception_types(kwargs, path):
+    """torch: a ValueError for one int out of int64's range, a TypeError for such an entry of a list."""
+    x, w = torch.randn(1, 4, 8, 8), torch.randn(4, 2, 3, 3)
+
+    def ours():
+        if path == "functional":
+            return strideconv.functional.conv2d(x, w, **kwargs)
+        with strideconv.corrected():
+            return F.conv2d(x, w, **kwargs)
+
+    same_error_type(lambda: F.conv2d(x, w, **kwargs), ours)
+
+
+@pytest.mark.parametrize("kwargs", [dict(stride=(2, BIG)), dict(padding=(1, BIG)), dict(padding=BIG), dict(stride=BIG),
+                                    dict(output_padding=(0, BIG)), dict(groups=BIG)])
+def test_out_of_range_integers_in_transposed_calls(kwargs):
+    x, w = torch.randn(1, 4, 8, 8), torch.randn(4, 2, 3, 3)
+    same_error_type(lambda: F.conv_transpose2d(x, w, **kwargs),
+                    lambda: strideconv.functional.conv_transpose2d(x, w, **kwargs))
+
+
+@pytest.mark.parametrize("kwargs", [dict(stride=(2, BIG)), dict(padding=(1, BIG)), dict(padding=BIG)])
+def test_out_of_range_integers_in_modules(kwargs):
+    x = torch.randn(1, 4, 8, 8)
+    same_error_type(lambda: nn.Conv2d(4, 4, 3, **kwargs)(x), lambda: strideconv.Conv2d(4, 4, 3, **kwargs)(x))
+    same_error_type(lambda: nn.ConvTranspose2d(4, 4, 3, **kwargs)(x),
+                    lambda: strideconv.ConvTranspose2d(4, 4, 3, **kwargs)(x))
+
+
+@pytest.mark.parametrize("kwargs", [dict(stride=(2, BIG)), dict(padding=BIG), dict(kernel_size=BIG)])
+def test_out_of_range_integers_in_pooling(kwargs):
+    x = torch.randn(1, 4, 8, 8, requires_grad=True)
+    kwargs = dict(dict(kernel_size=2), **kwargs)
+    same_error_type(lambda: F.avg_pool2d(x, **kwargs), lambda: strideconv.functional.avg_pool2d(x, **kwargs))
