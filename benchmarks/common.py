@@ -15,7 +15,9 @@ import math
 import os
 import platform
 import random
+import shlex
 import statistics
+import subprocess
 import sys
 import time
 from typing import Dict, List, Sequence, Tuple
@@ -33,16 +35,57 @@ CORRECTIONS = ["none", "map", "kernel", "position"]
 
 # ----- description ----------------------------------------------------------------------------
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _git(*args) -> str:
+    try:
+        return subprocess.run(["git", "-C", _ROOT, *args], capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def describe(device: str, script: str, argv) -> dict:
-    """Date, machine, torch, device and the command line (less --out) of a benchmark run."""
+    """What identifies a run: the commit (full hash, and whether tracked files differed from it),
+    the exact command, date and time (UTC), machine, torch / CUDA / cuDNN versions, device and
+    torch's thread count."""
     args = list(argv if argv is not None else sys.argv[1:])
-    if "--out" in args:
-        del args[args.index("--out"):args.index("--out") + 2]
-    args = [a for a in args if not a.startswith("--out=")]
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "CPU"
-    return dict(date=datetime.date.today().isoformat(),
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return dict(date=now.date().isoformat(), time=now.strftime("%H:%M:%S UTC"),
+                commit=_git("rev-parse", "HEAD") or None, dirty=bool(_git("status", "--porcelain", "--untracked-files=no")),
                 machine=f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
-                torch=torch.__version__, device=f"{device}: {name}", command=" ".join(["python", script] + args))
+                torch=torch.__version__, cuda=torch.version.cuda, cudnn=cudnn, threads=torch.get_num_threads(),
+                device=f"{device}: {name}", command=" ".join(["python", script] + [shlex.quote(a) for a in args]))
+
+
+def record_folder(out, runner_file: str, device: str, names) -> str:
+    """The folder a run writes its record into, created: ``out`` when given (refused if it holds
+    any of ``names`` already: a run never overwrites a record), else a new folder
+    ``out/<UTC date>T<time>-<device>`` beside the runner, so that runs sort by date."""
+    if out is None:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M%S")
+        base = os.path.join(os.path.dirname(os.path.abspath(runner_file)), "out", f"{stamp}-{device.split(':')[0]}")
+        out, n = base, 1
+        while os.path.exists(out):
+            n += 1
+            out = f"{base}-{n}"
+    taken = [n for n in names if os.path.exists(os.path.join(out, n))]
+    if taken:
+        raise SystemExit(f"{out} already holds {', '.join(taken)}: a run never overwrites a record; give a new --out")
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+def meta_lines(meta: dict) -> list:
+    """The lines that head every report: what identifies the run."""
+    commit = (meta.get("commit") or "unknown") + (" (with uncommitted changes)" if meta.get("dirty") else "")
+    versions = f"torch {meta['torch']}" + (f", CUDA {meta['cuda']}" if meta.get("cuda") else "") + (
+        f", cuDNN {meta['cudnn']}" if meta.get("cudnn") else "")
+    return [f"- commit: {commit}", f"- command: `{meta['command']}`",
+            f"- date: {meta['date']} {meta.get('time', '')}".rstrip(), f"- machine: {meta['machine']}; {versions}; "
+            f"device: {meta['device']}; {meta.get('threads', '?')} torch threads"]
 
 
 # ----- timing ---------------------------------------------------------------------------------
@@ -205,17 +248,18 @@ def mean_std(values: List[float]) -> Tuple[float, float]:
 
 # ----- seeds and paired statistics ------------------------------------------------------------
 
-def study_arguments(doc: str, argv) -> tuple:
+def study_arguments(doc: str, argv, runner_file: str, name: str) -> tuple:
     """The command line every seeded study shares (--device, --quick, --seeds, --out): the parsed
-    arguments, with --out created, and the seed list (10 seeds, 2 with --quick)."""
+    arguments, with --out the new record's folder (``record_folder``), and the seed list (10
+    seeds, 2 with --quick)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", default=None, help="a count (10), a range (100-109) or a list (0,4,7); "
                         "default 10, 2 with --quick")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), "out"))
+    parser.add_argument("--out", default=None, help="the record's folder (default: a new one under out/)")
     args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    args.out = record_folder(args.out, runner_file, args.device, [f"{name}.md", f"{name}.json", f"{name}.png"])
     return args, parse_seeds(args.seeds or ("2" if args.quick else "10"))
 
 

@@ -9,9 +9,11 @@ GPU, with the whole step captured in a CUDA graph (where no host cost is left).
 The models are built here (no torchvision needed): ResNet-18 and ResNet-50 in torchvision's
 layout (7x7/2 stem, 3x3/2 convolutions in the first block of each stage, 1x1/2 shortcuts), a
 DCGAN-style generator (3x3/2 transposed convolutions with BatchNorm) and a small U-Net (3x3/2
-convolutions down, 3x3/2 transposed convolutions up). `strideconv.convert` (with
-``transposed=True`` for the generator and the U-Net) gives the converted twin, with the same
-weights. Plain and converted steps alternate in shuffled rounds; the ratio is the median
+convolutions down, 3x3/2 transposed convolutions up); and three model-zoo patterns (zoo.py): a
+weight-standardised ResNet stage, an EfficientNet-like stem and blocks with TensorFlow "same"
+padding, a blur-pool downsample. `strideconv.convert` (with ``transposed=True`` for the generator
+and the U-Net, with ``example_input`` for the zoo patterns) gives the converted twin, with the
+same weights. Plain and converted steps alternate in shuffled rounds; the ratio is the median
 converted step over the median plain step, with the quartiles of the per-round ratios. Writes
 models.md and models.json into --out.
 """
@@ -31,7 +33,8 @@ from torch import nn
 
 import strideconv
 
-from common import describe, one_thread, paired_rounds, per_call_clock, tqdm
+import zoo
+from common import describe, meta_lines, one_thread, paired_rounds, per_call_clock, record_folder, tqdm
 
 
 # ----- the models -----------------------------------------------------------------------------
@@ -124,17 +127,23 @@ class UNet(nn.Module):
         return self.out(self.dec1(torch.cat([self.up1(y), a], 1)))
 
 
-# (name, build, input shape without batch, loss kind, convert transposed layers)
+ZOO = ["WS-ResNet stage", "EfficientNet stem+blocks", "Blur-pool downsample"]
+
+
+# (name, build, input shape without batch, loss kind, convert transposed layers, convert with an example input)
 def model_specs(cuda: bool, quick: bool):
     w = 64 if cuda else (8 if quick else 16)
     size = 224 if cuda else (32 if quick else 64)
     specs = [
-        ("ResNet-18", lambda: resnet(Basic, [2, 2, 2, 2], w), (3, size, size), "classify", False),
-        ("ResNet-50", lambda: resnet(Bottleneck, [3, 4, 6, 3], w), (3, size, size), "classify", False),
-        ("DCGAN generator", lambda: generator(128, w), (128,), "image", True),
-        ("U-Net", lambda: UNet(w // 2), (3, size, size), "image", True),
+        ("ResNet-18", lambda: resnet(Basic, [2, 2, 2, 2], w), (3, size, size), "classify", False, False),
+        ("ResNet-50", lambda: resnet(Bottleneck, [3, 4, 6, 3], w), (3, size, size), "classify", False, False),
+        ("DCGAN generator", lambda: generator(128, w), (128,), "image", True, False),
+        ("U-Net", lambda: UNet(w // 2), (3, size, size), "image", True, False),
+        (ZOO[0], lambda: zoo.ws_resnet_stage(w // 2), (3, size // 2, size // 2), "classify", False, True),
+        (ZOO[1], lambda: zoo.efficientnet_stem_block(w), (3, size, size), "classify", False, True),
+        (ZOO[2], lambda: zoo.blurpool_downsample(w), (3, size, size), "classify", False, True),
     ]
-    return specs[::2] if quick else specs
+    return [specs[0], specs[2], specs[5]] if quick else specs
 
 
 # ----- one training step ----------------------------------------------------------------------
@@ -169,16 +178,16 @@ def graphed(step, device):
 
 
 def build_pair(spec, batch, device, cuda):
-    name, build, shape, kind, transposed = spec
+    name, build, shape, kind, transposed, example = spec
     torch.manual_seed(0)
     plain = build().to(device)
-    converted = strideconv.convert(copy.deepcopy(plain), transposed=transposed)
     fmt = torch.channels_last if cuda and len(shape) == 3 else torch.contiguous_format
-    plain, converted = plain.to(memory_format=fmt), converted.to(memory_format=fmt)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, *shape, generator=g).to(device)
     if len(shape) == 3:
         x = x.contiguous(memory_format=fmt)
+    converted = strideconv.convert(copy.deepcopy(plain), transposed=transposed, example_input=x if example else None)
+    plain, converted = plain.to(memory_format=fmt), converted.to(memory_format=fmt)
     with torch.no_grad():
         out_shape = plain.eval()(x[:1]).shape[1:]
     plain.train()
@@ -226,12 +235,13 @@ def run(device, quick, modes, names=None, compile_names=None):
 def report(meta, rows, info) -> str:
     lines = [
         "# Whole training steps: converted against plain", "",
-        f"- date: {meta['date']}; machine: {meta['machine']}; torch {meta['torch']}; device: {meta['device']}",
-        f"- command: `{meta['command']}`",
+        *meta_lines(meta),
         f"- batch {info['batch']}; {info['clock']}; {info['rounds']} shuffled rounds of {info['reps']} steps; "
         f"layout {info['layout']}" + (f", {info['autocast']} autocast" if info["autocast"] else "") + ". A step: "
         "forward, loss, backward, SGD with momentum. Converted: `strideconv.convert` (position, power 0.5; "
-        "transposed layers too for the generator and the U-Net).", "",
+        "transposed layers too for the generator and the U-Net; with `example_input` for the zoo patterns, whose "
+        "subclasses and functional calls run inside the mode). Ratio: median converted step over median plain "
+        "step; quartiles of the per-round ratios.", "",
         "| model | mode | plain ms | converted ms | ratio | per-round quartiles |", "|---|---|---|---|---|---|",
     ]
     lines += [f"| {r['model']} | {r['mode']} | {r['plain_ms']:.2f} | {r['converted_ms']:.2f} | {r['ratio']:.3f} | "
@@ -248,11 +258,11 @@ def main(argv=None):
     parser.add_argument("--models", nargs="*", default=None, help="a subset of the models, by name")
     parser.add_argument("--compile-models", nargs="*", default=None,
                         help="the models that also run under torch.compile (default: all; compiling takes minutes)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
+    parser.add_argument("--out", default=None, help="the record's folder (default: a new one under out/)")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device")
-    os.makedirs(args.out, exist_ok=True)
+    args.out = record_folder(args.out, __file__, args.device, ["models.md", "models.json"])
     meta = describe(args.device, "benchmarks/models.py", argv)
     rows, info = run(args.device, args.quick, args.modes, args.models, args.compile_models)
     text = report(meta, rows, info)

@@ -23,7 +23,7 @@ import torch
 import speed
 import transposed
 import variance
-from common import describe, paired_cell
+from common import describe, meta_lines, paired_cell, record_folder
 
 
 def _study(out_dir: str, name: str, title: str, missing: str):
@@ -148,13 +148,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few draws, small shapes")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
+    parser.add_argument("--out", default=None, help="the record's folder (default: a new one under out/)")
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=["variance", "pictures", "speed", "pool", "overhead", "transposed"])
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device")
-    os.makedirs(args.out, exist_ok=True)
+    args.out = record_folder(args.out, __file__, args.device, ["report.md", "results.json"])
     torch.manual_seed(0)
     meta = describe(args.device, "benchmarks/run.py", argv)
     var_rows, draws = variance.variance_table(args.device, args.quick) if "variance" not in args.skip else ([], 0)
@@ -170,8 +170,7 @@ def main(argv=None):
         t_rows, t_meta = transposed.speed_table(args.device, args.quick)
     lines = [
         "# strideconv benchmark report", "",
-        f"- date: {meta['date']}", f"- machine: {meta['machine']}", f"- torch {meta['torch']}",
-        f"- device: {meta['device']}", f"- command: `{meta['command']}`", "",
+        *meta_lines(meta), "",
     ]
     lines += variance.report_section(var_rows, draws, pics) + [""]
     lines += speed.report_section(speed_rows, speed_meta, overhead_rows, overhead_meta, pool_rows)

@@ -3,6 +3,7 @@ strided layers of common networks; and the fixed cost per call."""
 
 from __future__ import annotations
 
+import copy
 import statistics
 import sys
 from contextlib import nullcontext
@@ -10,12 +11,14 @@ from typing import List
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 import strideconv
 from strideconv.functional import conv2d
 
 from common import (CORRECTIONS, Timer, fmt, interleaved_medians, keep_freed_memory, one_thread, paired_rounds,
                     peak_memory, per_call_clock, tqdm)
+from zoo import StdConv2d, standardised
 
 # name, in, out, kernel, stride, padding, input size, input needs grad
 SHAPES = [
@@ -204,20 +207,32 @@ def overhead_table(device, quick):
                       control=control, busy=busy)
 
 
+class _PassThrough(TorchFunctionMode):
+    """A torch function mode that passes every call on: the cost any such mode adds."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
 def context_overhead(device, quick):
     """What ``strideconv.corrected()`` costs in eager mode: per strided ``F.conv2d`` call made inside
-    the block (fwd+bwd, the call corrected), per other op inside the block (``torch.relu`` on a
-    small tensor, passed through untouched), and per entry and exit of the block. Measured as
-    overhead_table measures (one thread, thread CPU time or CUDA events, shuffled rounds, medians of
-    per-round differences)."""
+    the block (fwd+bwd, the call corrected), per other op inside the block (the five tensor ops of a
+    weight standardisation, passed through untouched; the cost any torch function mode adds
+    included, and measured alone with a mode that only passes calls on), per entry and exit of the
+    block, and per call of a weight-standardised subclass of nn.Conv2d that ``convert`` covers
+    (its forward inside the mode), fwd+bwd. Measured as overhead_table measures (one thread,
+    thread CPU time or CUDA events, shuffled rounds, medians of per-round differences)."""
     rounds, reps = (5, 20) if quick else (41, 200)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 1, 5, 5, generator=gen).to(device).requires_grad_()
     w = torch.randn(1, 1, 3, 3, generator=gen).to(device).requires_grad_()
-    t = torch.randn(8, device=device)
+    t = torch.randn(4, 4, 3, 3, generator=gen).to(device)
     grad_out = torch.ones(1, 1, 3, 3, device=device)
-    mode = strideconv.corrected()
-    ops = 10
+    mode, bare = strideconv.corrected(), _PassThrough()
+    torch.manual_seed(0)
+    plain_ws = StdConv2d(1, 1, 3, 2, 1).to(device)
+    covered_ws = strideconv.convert(copy.deepcopy(plain_ws))
+    ops = 5
 
     def conv_step():
         torch.autograd.grad(F.conv2d(x, w, None, 2, 1), (x, w), grad_out)
@@ -227,48 +242,59 @@ def context_overhead(device, quick):
             y = F.conv2d(x, w, None, 2, 1)
         torch.autograd.grad(y, (x, w), grad_out)
 
-    def relus():
-        for _ in range(ops):
-            torch.relu(t)
+    def inside(m):
+        def run():
+            with m:
+                standardised(t)
+        return run
 
-    def relus_inside():
-        with mode:
-            for _ in range(ops):
-                torch.relu(t)
+    def empty(m):
+        def run():
+            with m:
+                pass
+        return run
 
-    def empty_block():
-        with mode:
-            pass
+    def ws_step(module):
+        return lambda: torch.autograd.grad(module(x).sum(), (x, module.weight))
 
-    calls = {"nothing": lambda: None, "empty block": empty_block, "F.conv2d": conv_step,
-             "F.conv2d inside": conv_step_inside, "relu x10": relus, "relu x10 inside": relus_inside,
-             "strideconv.functional.conv2d": lambda: torch.autograd.grad(conv2d(x, w, None, 2, 1), (x, w), grad_out)}
+    calls = {"nothing": lambda: None, "empty block": empty(mode), "empty bare block": empty(bare),
+             "F.conv2d": conv_step, "F.conv2d inside": conv_step_inside,
+             "ops": lambda: standardised(t), "ops inside": inside(mode), "ops inside bare": inside(bare),
+             "strideconv.functional.conv2d": lambda: torch.autograd.grad(conv2d(x, w, None, 2, 1), (x, w), grad_out),
+             "subclass plain": ws_step(plain_ws), "subclass covered": ws_step(covered_ws)}
     with one_thread():
         m = paired_rounds(calls, "nothing", per_call_clock(device), rounds, reps)
-    block = m["empty block"]["extra"]
+    block, bare_block = m["empty block"]["extra"], m["empty bare block"]["extra"]
     us = 1e6
     return dict(
         block_us=block * us,
         strided_us=(m["F.conv2d inside"]["median"] - m["F.conv2d"]["median"] - block) * us,
         functional_us=(m["strideconv.functional.conv2d"]["median"] - m["F.conv2d"]["median"]) * us,
-        other_op_us=(m["relu x10 inside"]["median"] - m["relu x10"]["median"] - block) / ops * us,
-        relu_us=m["relu x10"]["median"] / ops * us, conv_us=m["F.conv2d"]["median"] * us,
+        other_op_us=(m["ops inside"]["median"] - m["ops"]["median"] - block) / ops * us,
+        bare_op_us=(m["ops inside bare"]["median"] - m["ops"]["median"] - bare_block) / ops * us,
+        op_us=m["ops"]["median"] / ops * us, conv_us=m["F.conv2d"]["median"] * us,
+        subclass_us=(m["subclass covered"]["median"] - m["subclass plain"]["median"]) * us,
+        subclass_plain_us=m["subclass plain"]["median"] * us,
         rounds=rounds, reps=reps)
 
 
 def context_section(c) -> List[str]:
     return [
         "", "## `strideconv.corrected()` in eager mode", "",
-        f"One thread; {c['rounds']} shuffled rounds of {c['reps']} calls; the same small layer as above. Every torch "
-        "call inside the block passes through the mode's `__torch_function__`; strided convolutions are then "
-        "corrected. Under `torch.compile` the mode is traced away and costs nothing at run time.", "",
+        f"One thread; {c['rounds']} shuffled rounds of {c['reps']} calls; the same small layer as above; medians. "
+        "Every torch call inside the block passes through the mode's `__torch_function__`; strided convolutions "
+        "are then corrected. Under `torch.compile` the mode is traced away and costs nothing at run time.", "",
         "| what | extra us per call |", "|---|---|",
         f"| entering and leaving the block | {c['block_us']:+.2f} |",
         f"| a strided `F.conv2d` inside the block, fwd+bwd (F.conv2d alone: {c['conv_us']:.1f} us) | "
         f"{c['strided_us']:+.2f} |",
         f"| the same call made directly with `strideconv.functional.conv2d` | {c['functional_us']:+.2f} |",
-        f"| any other op inside the block (`torch.relu` on 8 values: {c['relu_us']:.2f} us) | "
+        f"| any other op inside the block (a weight standardisation's 5 ops: {c['op_us']:.2f} us per op alone) | "
         f"{c['other_op_us']:+.2f} |",
+        f"| the same op inside a torch function mode that only passes calls on (what any mode costs) | "
+        f"{c.get('bare_op_us', float('nan')):+.2f} |",
+        f"| a weight-standardised `nn.Conv2d` subclass 3x3/2 covered by `convert` (its forward inside the mode), "
+        f"fwd+bwd ({c.get('subclass_plain_us', float('nan')):.1f} us plain) | {c.get('subclass_us', float('nan')):+.2f} |",
     ]
 
 

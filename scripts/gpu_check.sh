@@ -9,13 +9,14 @@
 #   bench.log    the output of the two benchmarks
 #   report.md, results.json   benchmarks/run.py --device cuda
 #   models.md, models.json    whole training steps, eager, CUDA graph, and torch.compile for two models
-# Usage: bash scripts/gpu_check.sh [OUT]   (default: $OUT, else benchmarks/out/gpu-<date>)
+# Usage: bash scripts/gpu_check.sh [OUT]   (default: $OUT, else benchmarks/out/gpu-<UTC date and time>)
 # Python packages the machine lacks can sit as wheels in .whl/ (installed to /tmp/site, no network).
 # Each step has a time limit, so that the whole takes under 8 minutes on an H100/H200.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-DEST="${1:-${OUT:-$ROOT/benchmarks/out/gpu-$(date +%F)}}"
+DEST="${1:-${OUT:-$ROOT/benchmarks/out/gpu-$(date -u +%Y-%m-%dT%H%M%S)}}"
 PY="${PYTHON:-python3}"
+[ -e "$DEST/gpu.txt" ] && { echo "gpu_check: $DEST already holds a record; a run never overwrites one"; exit 1; }
 mkdir -p "$DEST"
 cd "$ROOT"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" FORCE_CUDA=1
@@ -27,7 +28,7 @@ INFO="$DEST/gpu.txt"
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
   "$PY" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, "cuDNN", torch.backends.cudnn.version())'
-  echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+  echo "commit $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
 } > "$INFO" 2>&1
 
 step() {  # step NAME LIMIT_SECONDS LOG COMMAND...: run with a time limit, log it, note time and status

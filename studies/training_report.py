@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benchmarks"))  # common.py, shared with the benchmark
-from common import mean_std, t_interval
+from common import mean_std, meta_lines, t_interval
 
 
 # ----- the learning-rate choice -----------------------------------------------------------------
@@ -196,8 +196,7 @@ def report(data: dict, plots: Dict[str, str]) -> str:
     seeds = len(data["results"][0]["final_acc"])
     lines = [
         "# strideconv training report", "",
-        f"- date: {meta['date']}", f"- machine: {meta['machine']}", f"- torch {meta['torch']}",
-        f"- device: {meta['device']}", f"- command: `{meta['command']}`", f"- wall time: {meta['wall_s']:.0f} s",
+        *meta_lines(meta), f"- wall time: {meta['wall_s']:.0f} s",
         "",
         "Every variant has its own learning rate: each trains at every value of its setting's grid with the same "
         f"{seeds} seeds, and the value with the best mean validation accuracy is chosen (the grid is widened for every "

@@ -2,6 +2,7 @@
 it claims; studies/train.py's side-by-side runs are separate networks, and its --quick runs end to end."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -274,14 +275,15 @@ def test_models_quick_run(tmp_path):
         if spec[4]:  # transposed layers normalise their forward: only the convolutions' output is unchanged
             continue
         assert torch.equal(plain(x), converted(x)), spec[0]
-        assert any(isinstance(m, strideconv.Conv2d) for m in converted.modules())
+        rows = strideconv.report(converted, x)  # every strided convolution call is corrected
+        assert rows and all(r.correction != "none" for r in rows if r.op.startswith("conv")), spec[0]
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "models.py"), "--quick", "--modes", "eager", "--out",
          str(tmp_path)], capture_output=True, text=True, timeout=600,
         env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "models.json").read_text())
-    assert {r["model"] for r in data["rows"]} == {"ResNet-18", "DCGAN generator"}
+    assert {r["model"] for r in data["rows"]} == {"ResNet-18", "DCGAN generator", "EfficientNet stem+blocks"}
     assert all(r["plain_ms"] > 0 and r["converted_ms"] > 0 and r["q1"] <= r["q3"] for r in data["rows"])
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import run
@@ -320,3 +322,24 @@ def test_gan_quick_run(tmp_path):
     for r in data["records"]:
         assert r["harmonic_rel"] > 0 and 0 < r["confidence"] <= 1 and 0 <= r["label_entropy"] <= 2.31
     assert (tmp_path / "gan.png").stat().st_size > 10_000
+
+
+def test_records_identify_themselves_and_are_never_overwritten(tmp_path):
+    import common
+
+    meta = common.describe("cpu", "benchmarks/run.py", ["--quick", "--out", "some dir"])
+    assert meta["command"] == "python benchmarks/run.py --quick --out 'some dir'"
+    assert re.fullmatch(r"[0-9a-f]{40}", meta["commit"]) and isinstance(meta["dirty"], bool)
+    assert meta["torch"] == torch.__version__ and meta["threads"] == torch.get_num_threads()
+    lines = "\n".join(common.meta_lines(meta))
+    assert meta["commit"] in lines and "command:" in lines and torch.__version__ in lines
+    runner = str(tmp_path / "runner.py")
+    first = common.record_folder(None, runner, "cpu", ["a.json"])
+    second = common.record_folder(None, runner, "cpu", ["a.json"])
+    assert first != second and os.path.dirname(first) == str(tmp_path / "out")
+    assert sorted(os.listdir(tmp_path / "out")) == sorted([os.path.basename(first), os.path.basename(second)])
+    (tmp_path / "rec").mkdir()
+    assert common.record_folder(str(tmp_path / "rec"), runner, "cpu", ["a.json"]) == str(tmp_path / "rec")
+    (tmp_path / "rec" / "a.json").write_text("{}")
+    with pytest.raises(SystemExit, match="never overwrites"):
+        common.record_folder(str(tmp_path / "rec"), runner, "cpu", ["a.json", "a.md"])

@@ -117,3 +117,31 @@ def test_command_line_bad_target_is_one_line(tmp_path, target, message):
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     assert re.search(message, out.stderr), out.stderr
+
+
+def test_command_line_measures_gradients_on_request(tmp_path):
+    src = tmp_path / "net.py"
+    src.write_text(textwrap.dedent("""
+        import torch.nn.functional as F
+        from torch import nn
+
+        class Blur(nn.Module):  # a functional strided call inside a module's forward
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 4, 3, 1, 1)
+
+            def forward(self, x):
+                return F.conv2d(self.conv(x), self.conv.weight[:, :1].detach().repeat(1, 1, 1, 1)[:4], stride=2,
+                                padding=1, groups=4)
+
+        def make():
+            return nn.Sequential(nn.Conv2d(3, 3, 3, 2, 1), Blur())
+    """))
+    out = run_cli(f"{src}:make", "--input-size", "2", "3", "16", "16", "--gradients", "kernel")
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    assert "phase ratio, plain | phase ratio, kernel |" in lines[0]
+    assert lines[1].startswith("| 0 | Conv2d | conv2d | 16x16 |") and lines[2].startswith("| 1 | Blur | conv2d | 8x8 |")
+    for line in lines[1:]:
+        plain, kernel = (float(v) for v in line.strip("| ").split(" | ")[-2:])
+        assert plain > 1 and kernel > 0
