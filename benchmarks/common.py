@@ -85,7 +85,7 @@ def meta_lines(meta: dict) -> list:
         f", cuDNN {meta['cudnn']}" if meta.get("cudnn") else "")
     return [f"- commit: {commit}", f"- command: `{meta['command']}`",
             f"- date: {meta['date']} {meta.get('time', '')}".rstrip(), f"- machine: {meta['machine']}; {versions}; "
-            f"device: {meta['device']}; {meta.get('threads', '?')} torch threads"]
+            f"device: {meta['device']}; torch's default threads: {meta.get('threads', '?')}"]
 
 
 # ----- timing ---------------------------------------------------------------------------------

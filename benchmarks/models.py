@@ -33,6 +33,7 @@ from torch import nn
 
 import strideconv
 
+import speed
 import zoo
 from common import describe, meta_lines, one_thread, paired_rounds, per_call_clock, record_folder, tqdm
 
@@ -196,19 +197,26 @@ def build_pair(spec, batch, device, cuda):
     return plain, converted, x, target, kind
 
 
+ROUND_S = 0.2  # on CPU, each variant's share of a round lasts at least this long (steps repeated)
+
+
 def measure(steps, clock, rounds, reps):
     """Median ms per step of plain and converted, and the converted / plain ratio with the
-    quartiles of the per-round ratios (shuffled interleaved rounds; common.paired_rounds)."""
+    quartiles of the per-round ratios (shuffled interleaved rounds; common.paired_rounds). With
+    ``reps`` None, as many steps per round as last ROUND_S seconds (at least 2)."""
+    if reps is None:
+        steps["plain"]()
+        reps = max(2, round(ROUND_S / clock(steps["plain"], 2)))
     r = paired_rounds(steps, "plain", clock, rounds, reps)
     c = r["converted"]
     return dict(plain_ms=1e3 * r["plain"]["median"], converted_ms=1e3 * c["median"], ratio=c["ratio"],
-                q1=c["ratio_q1"], q3=c["ratio_q3"])
+                q1=c["ratio_q1"], q3=c["ratio_q3"], reps=reps)
 
 
 def run(device, quick, modes, names=None, compile_names=None):
     cuda = device.startswith("cuda")
     batch = (16 if quick else 64) if cuda else (2 if quick else 8)
-    rounds, reps = (3, 1) if quick else ((11, 5) if cuda else (25, 2))
+    rounds, reps = (3, 1) if quick else ((11, 5) if cuda else (41, None))
     clock = per_call_clock(device)
     rows = []
     with one_thread(enabled=not cuda):
@@ -228,7 +236,7 @@ def run(device, quick, modes, names=None, compile_names=None):
                     steps = {n: graphed(s, device) for n, s in steps.items()}
                 r = measure(steps, clock, rounds, reps)
                 rows.append(dict(model=spec[0], mode=mode, batch=batch, **r))
-    return rows, dict(batch=batch, rounds=rounds, reps=reps, clock="CUDA events" if cuda else "thread CPU time, one thread",
+    return rows, dict(batch=batch, rounds=rounds, reps=reps or f"as many as last {ROUND_S} s", clock="CUDA events" if cuda else "thread CPU time, one thread",
                       autocast="bf16" if cuda else None, layout="channels_last" if cuda else "contiguous")
 
 
@@ -236,16 +244,17 @@ def report(meta, rows, info) -> str:
     lines = [
         "# Whole training steps: converted against plain", "",
         *meta_lines(meta),
-        f"- batch {info['batch']}; {info['clock']}; {info['rounds']} shuffled rounds of {info['reps']} steps; "
+        f"- batch {info['batch']}; {info['clock']}; {info['rounds']} shuffled rounds, each variant's steps in a round: {info['reps']}; "
         f"layout {info['layout']}" + (f", {info['autocast']} autocast" if info["autocast"] else "") + ". A step: "
         "forward, loss, backward, SGD with momentum. Converted: `strideconv.convert` (position, power 0.5; "
         "transposed layers too for the generator and the U-Net; with `example_input` for the zoo patterns, whose "
         "subclasses and functional calls run inside the mode). Ratio: median converted step over median plain "
         "step; quartiles of the per-round ratios.", "",
-        "| model | mode | plain ms | converted ms | ratio | per-round quartiles |", "|---|---|---|---|---|---|",
+        "| model | mode | plain ms | converted ms | ratio | per-round quartiles | steps per round |",
+        "|---|---|---|---|---|---|---|",
     ]
     lines += [f"| {r['model']} | {r['mode']} | {r['plain_ms']:.2f} | {r['converted_ms']:.2f} | {r['ratio']:.3f} | "
-              f"{r['q1']:.3f}-{r['q3']:.3f} |" for r in rows]
+              f"{r['q1']:.3f}-{r['q3']:.3f} | {r.get('reps', info['reps'])} |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -265,7 +274,8 @@ def main(argv=None):
     args.out = record_folder(args.out, __file__, args.device, ["models.md", "models.json"])
     meta = describe(args.device, "benchmarks/models.py", argv)
     rows, info = run(args.device, args.quick, args.modes, args.models, args.compile_models)
-    text = report(meta, rows, info)
+    info["context"] = speed.context_overhead(args.device, args.quick)  # what the zoo patterns' scoped modules pay
+    text = report(meta, rows, info) + "\n".join(speed.context_section(info["context"])) + "\n"
     with open(os.path.join(args.out, "models.md"), "w") as f:
         f.write(text)
     with open(os.path.join(args.out, "models.json"), "w") as f:

@@ -281,7 +281,7 @@ def context_overhead(device, quick):
 def context_section(c) -> List[str]:
     return [
         "", "## `strideconv.corrected()` in eager mode", "",
-        f"One thread; {c['rounds']} shuffled rounds of {c['reps']} calls; the same small layer as above; medians. "
+        f"One thread; {c['rounds']} shuffled rounds of {c['reps']} calls; a 3x3/2 layer on a 1x1x5x5 input; medians. "
         "Every torch call inside the block passes through the mode's `__torch_function__`; strided convolutions "
         "are then corrected. Under `torch.compile` the mode is traced away and costs nothing at run time.", "",
         "| what | extra us per call |", "|---|---|",

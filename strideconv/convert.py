@@ -210,7 +210,8 @@ def convert(
 
 
 def _scope_functional_calls(model: nn.Module, example_input, mode, min_stride: int, transposed: bool) -> None:
-    """Scope each module whose forward made a strided call that ran plain on ``example_input``."""
+    """Scope each module whose forward made a strided torch call that nothing corrected on
+    ``example_input`` (a strideconv layer set to "none" is left as it is)."""
     from ._recording import record  # the recording pass imports the modules, as this file does
 
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
@@ -222,7 +223,7 @@ def _scope_functional_calls(model: nn.Module, example_input, mode, min_stride: i
             for buffer, saved in buffers:
                 buffer.copy_(saved)
     for call, module in zip(rec.calls, rec.modules):
-        if call.correction == "none" and module is not None and not _is_scoped(module):
+        if call.by == "" and module is not None and not _is_scoped(module):
             _scope(module, mode)
 
 

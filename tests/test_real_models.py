@@ -357,3 +357,10 @@ def test_warning_is_short_grouped_and_only_about_strided_modules():
         warnings.simplefilter("error")
         strideconv.convert(chain())  # nothing left over, no warning
     assert re.search(r"strideconv\.report", message)
+
+
+def test_convert_with_correction_none_scopes_no_strideconv_layer():
+    model = strideconv.convert(chain(), correction="none", example_input=X)
+    assert type(model[5]) is strideconv.Conv2d and model[5].correction == "none"
+    assert isinstance(model[4], BlurPool) and type(model[4]) is not BlurPool  # its functional call: scoped
+    assert {r.correction for r in strideconv.report(model, X)} == {"none", "none (corrected())"}
