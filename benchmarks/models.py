@@ -208,15 +208,17 @@ def measure(steps, clock, rounds, reps):
         steps["plain"]()
         reps = max(2, round(ROUND_S / clock(steps["plain"], 2)))
     r = paired_rounds(steps, "plain", clock, rounds, reps)
-    c = r["converted"]
+    c, a = r["converted"], r["control"]
     return dict(plain_ms=1e3 * r["plain"]["median"], converted_ms=1e3 * c["median"], ratio=c["ratio"],
-                q1=c["ratio_q1"], q3=c["ratio_q3"], reps=reps)
+                q1=c["ratio_q1"], q3=c["ratio_q3"], control=a["ratio"], control_q1=a["ratio_q1"],
+                control_q3=a["ratio_q3"], reps=reps)
 
 
-def run(device, quick, modes, names=None, compile_names=None):
+def run(device, quick, modes, names=None, compile_names=None, rounds=None):
     cuda = device.startswith("cuda")
     batch = (16 if quick else 64) if cuda else (2 if quick else 8)
-    rounds, reps = (3, 1) if quick else ((11, 5) if cuda else (41, None))
+    default_rounds, reps = (3, 1) if quick else ((11, 5) if cuda else (41, None))
+    rounds = rounds or default_rounds
     clock = per_call_clock(device)
     rows = []
     with one_thread(enabled=not cuda):
@@ -227,7 +229,8 @@ def run(device, quick, modes, names=None, compile_names=None):
                         mode == "compile" and compile_names is not None and spec[0] not in compile_names):
                     continue
                 plain, converted, x, target, kind = build_pair(spec, batch, device, cuda)
-                models = {"plain": plain, "converted": converted}
+                # control: a second copy of the plain model, timed against the first (A/A)
+                models = {"plain": plain, "converted": converted, "control": copy.deepcopy(plain)}
                 if mode == "compile":
                     torch._dynamo.reset()
                     models = {n: torch.compile(m) for n, m in models.items()}
@@ -249,12 +252,14 @@ def report(meta, rows, info) -> str:
         "forward, loss, backward, SGD with momentum. Converted: `strideconv.convert` (position, power 0.5; "
         "transposed layers too for the generator and the U-Net; with `example_input` for the zoo patterns, whose "
         "subclasses and functional calls run inside the mode). Ratio: median converted step over median plain "
-        "step; quartiles of the per-round ratios.", "",
-        "| model | mode | plain ms | converted ms | ratio | per-round quartiles | steps per round |",
-        "|---|---|---|---|---|---|---|",
+        "step; quartiles of the per-round ratios. Control: a second copy of the plain model timed against the "
+        "first the same way (how far from 1.000 the machine's noise alone reads).", "",
+        "| model | mode | plain ms | converted ms | ratio | per-round quartiles | control (A/A) | steps per round |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     lines += [f"| {r['model']} | {r['mode']} | {r['plain_ms']:.2f} | {r['converted_ms']:.2f} | {r['ratio']:.3f} | "
-              f"{r['q1']:.3f}-{r['q3']:.3f} | {r.get('reps', info['reps'])} |" for r in rows]
+              f"{r['q1']:.3f}-{r['q3']:.3f} | {r['control']:.3f} ({r['control_q1']:.3f}-{r['control_q3']:.3f}) | "
+              f"{r.get('reps', info['reps'])} |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -267,13 +272,14 @@ def main(argv=None):
     parser.add_argument("--models", nargs="*", default=None, help="a subset of the models, by name")
     parser.add_argument("--compile-models", nargs="*", default=None,
                         help="the models that also run under torch.compile (default: all; compiling takes minutes)")
+    parser.add_argument("--rounds", type=int, default=None, help="shuffled rounds (default 41 on CPU, 11 on a GPU)")
     parser.add_argument("--out", default=None, help="the record's folder (default: a new one under out/)")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device")
     args.out = record_folder(args.out, __file__, args.device, ["models.md", "models.json"])
     meta = describe(args.device, "benchmarks/models.py", argv)
-    rows, info = run(args.device, args.quick, args.modes, args.models, args.compile_models)
+    rows, info = run(args.device, args.quick, args.modes, args.models, args.compile_models, args.rounds)
     info["context"] = speed.context_overhead(args.device, args.quick)  # what the zoo patterns' scoped modules pay
     text = report(meta, rows, info) + "\n".join(speed.context_section(info["context"])) + "\n"
     with open(os.path.join(args.out, "models.md"), "w") as f:

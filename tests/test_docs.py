@@ -53,3 +53,42 @@ def test_the_code_of_every_page_runs(page):
     namespace = {}
     for block in blocks:
         exec(compile(block, str(page.relative_to(ROOT)), "exec"), namespace)
+
+
+def _render_docs(*args, root=ROOT):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "render_docs.py"), *args, "--root", str(root)],
+                          capture_output=True, text=True)
+
+
+def test_rendered_tables_match_their_records():
+    out = _render_docs("--check")
+    assert out.returncode == 0, out.stdout + out.stderr
+    blocks = sum(p.read_text().count("<!-- render: ") for p in PAGES)
+    assert blocks >= 3  # the README and docs/performance.md carry rendered tables
+
+
+def test_render_check_fails_on_a_number_edited_by_hand(tmp_path):
+    import shutil
+
+    for page in PAGES:
+        target = tmp_path / page.relative_to(ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(page, target)
+    records = {m.group(1) for p in PAGES for m in re.finditer(r"<!-- render: \S+ (\S+) -->", p.read_text())}
+    for record in records:
+        (tmp_path / record).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / record, tmp_path / record)
+    assert _render_docs("--check", root=tmp_path).returncode == 0
+    page = tmp_path / "docs" / "performance.md"
+    text = page.read_text()
+    block = re.search(r"<!-- render: models .*?<!-- end render -->", text, re.S).group(0)
+    number = re.search(r"\| (\d\.\d{3}) \|", block).group(1)
+    edited = block.replace(f"| {number} |", f"| {float(number) + 0.001:.3f} |", 1)
+    page.write_text(text.replace(block, edited))
+    out = _render_docs("--check", root=tmp_path)
+    assert out.returncode == 1 and "docs/performance.md" in out.stdout
+    assert _render_docs(root=tmp_path).returncode == 0  # rendering again restores the record's number
+    assert page.read_text() == text

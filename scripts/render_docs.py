@@ -1,0 +1,102 @@
+"""Render the measured tables of README.md and docs/*.md from the records' JSON.
+
+    python scripts/render_docs.py           # rewrite every rendered block from its record
+    python scripts/render_docs.py --check   # exit 1 if a committed doc differs from its rendering
+
+A rendered block sits between two markers that name the table and the record it comes from:
+
+    <!-- render: models benchmarks/results/cpu-2026-12-06-models/models.json -->
+    ... (written by this script: the table, then the record it comes from) ...
+    <!-- end render -->
+
+Each kind of table is one function below; it says which statistic it shows and over what.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BLOCK = re.compile(r"(<!-- render: (\S+) (\S+) -->\n)(.*?)(<!-- end render -->)", re.S)
+
+
+def _source(path: str, meta: dict, doc_dir: str, root: str) -> str:
+    link = os.path.relpath(os.path.join(root, os.path.dirname(path)), doc_dir)
+    commit = (meta.get("commit") or "no commit recorded")[:12] + (" (uncommitted changes)" if meta.get("dirty") else "")
+    return (f"Record: [{os.path.dirname(path)}]({link}/) (commit {commit}, {meta['date']}, "
+            f"`{meta['command']}`).")
+
+
+def models(data: dict) -> list:
+    """Whole training steps, converted over plain."""
+    lines = [f"Median step time of {data['rounds']} shuffled rounds (batch {data['batch']}, {data['clock']}); "
+             "ratio: converted median over plain median; quartiles of the per-round ratios.", "",
+             "| model | mode | plain ms | converted ms | ratio (median) | per-round quartiles |",
+             "|---|---|---|---|---|---|"]
+    return lines + [f"| {r['model']} | {r['mode']} | {r['plain_ms']:.2f} | {r['converted_ms']:.2f} | "
+                    f"{r['ratio']:.3f} | {r['q1']:.3f}-{r['q3']:.3f} |" for r in data["rows"]]
+
+
+def mode_cost(data: dict) -> list:
+    """corrected()'s eager cost (the context measurement models.py records)."""
+    c = data["context"]
+    return [f"Extra microseconds per call, median over {c['rounds']} shuffled rounds of {c['reps']} calls (one "
+            "thread, thread CPU time).", "",
+            "| what | extra us per call |", "|---|---|",
+            f"| entering and leaving a `corrected()` block | {c['block_us']:+.2f} |",
+            f"| a strided `F.conv2d` 3x3/2 inside the block, fwd+bwd ({c['conv_us']:.1f} us alone) | "
+            f"{c['strided_us']:+.2f} |",
+            f"| the same call made with `strideconv.functional.conv2d` | {c['functional_us']:+.2f} |",
+            f"| any other torch op inside the block ({c['op_us']:.2f} us alone) | {c['other_op_us']:+.2f} |",
+            f"| the same op inside a mode that only passes calls on (any mode's cost) | {c['bare_op_us']:+.2f} |",
+            f"| a weight-standardised `nn.Conv2d` subclass covered by `convert`, fwd+bwd ({c['subclass_plain_us']:.0f} "
+            f"us plain) | {c['subclass_us']:+.2f} |"]
+
+
+RENDERERS = {"models": models, "mode_cost": mode_cost}
+
+
+def render(text: str, doc_path: str, root: str) -> str:
+    def block(match):
+        name, record = match.group(2), match.group(3)
+        with open(os.path.join(root, record)) as f:
+            data = json.load(f)
+        body = RENDERERS[name](data) + ["", _source(record, data["meta"], os.path.dirname(doc_path), root)]
+        return match.group(1) + "\n".join(body) + "\n" + match.group(5)
+
+    return BLOCK.sub(block, text)
+
+
+def docs(root: str) -> list:
+    return [os.path.join(root, "README.md")] + sorted(glob.glob(os.path.join(root, "docs", "*.md")))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="compare only; exit 1 where a doc differs")
+    parser.add_argument("--root", default=ROOT, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    stale = []
+    for path in docs(args.root):
+        with open(path) as f:
+            text = f.read()
+        rendered = render(text, path, args.root)
+        if rendered != text:
+            stale.append(os.path.relpath(path, args.root))
+            if not args.check:
+                with open(path, "w") as f:
+                    f.write(rendered)
+    if args.check and stale:
+        print("differs from its records: " + ", ".join(stale) + " (run python scripts/render_docs.py)")
+        return 1
+    print(("rewrote: " + ", ".join(stale)) if stale and not args.check else "docs match their records")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
