@@ -35,7 +35,7 @@ import strideconv
 
 import speed
 import zoo
-from common import describe, meta_lines, one_thread, paired_rounds, per_call_clock, record_folder, tqdm
+from common import describe, keep_freed_memory, meta_lines, one_thread, paired_rounds, per_call_clock, record_folder, tqdm
 
 
 # ----- the models -----------------------------------------------------------------------------
@@ -220,6 +220,9 @@ def run(device, quick, modes, names=None, compile_names=None, rounds=None):
     default_rounds, reps = (3, 1) if quick else ((11, 5) if cuda else (41, None))
     rounds = rounds or default_rounds
     clock = per_call_clock(device)
+    # on CPU, glibc keeps freed buffers: otherwise some rounds pay fresh page faults for a step's
+    # large temporaries and others do not (common.keep_freed_memory)
+    malloc_kept = keep_freed_memory() if not cuda else False
     rows = []
     with one_thread(enabled=not cuda):
         specs = [s for s in model_specs(cuda, quick) if names is None or s[0] in names]
@@ -239,7 +242,7 @@ def run(device, quick, modes, names=None, compile_names=None, rounds=None):
                     steps = {n: graphed(s, device) for n, s in steps.items()}
                 r = measure(steps, clock, rounds, reps)
                 rows.append(dict(model=spec[0], mode=mode, batch=batch, **r))
-    return rows, dict(batch=batch, rounds=rounds, reps=reps or f"as many as last {ROUND_S} s", clock="CUDA events" if cuda else "thread CPU time, one thread",
+    return rows, dict(batch=batch, rounds=rounds, malloc_kept=malloc_kept, reps=reps or f"as many as last {ROUND_S} s", clock="CUDA events" if cuda else "thread CPU time, one thread",
                       autocast="bf16" if cuda else None, layout="channels_last" if cuda else "contiguous")
 
 
@@ -248,7 +251,8 @@ def report(meta, rows, info) -> str:
         "# Whole training steps: converted against plain", "",
         *meta_lines(meta),
         f"- batch {info['batch']}; {info['clock']}; {info['rounds']} shuffled rounds, each variant's steps in a round: {info['reps']}; "
-        f"layout {info['layout']}" + (f", {info['autocast']} autocast" if info["autocast"] else "") + ". A step: "
+        f"layout {info['layout']}" + (f", {info['autocast']} autocast" if info["autocast"] else "")
+        + ("; glibc keeps freed buffers (no page faults that depend on the round)" if info.get("malloc_kept") else "") + ". A step: "
         "forward, loss, backward, SGD with momentum. Converted: `strideconv.convert` (position, power 0.5; "
         "transposed layers too for the generator and the U-Net; with `example_input` for the zoo patterns, whose "
         "subclasses and functional calls run inside the mode). Ratio: median converted step over median plain "

@@ -58,7 +58,21 @@ def mode_cost(data: dict) -> list:
             f"us plain) | {c['subclass_us']:+.2f} |"]
 
 
-RENDERERS = {"models": models, "mode_cost": mode_cost}
+def steps(data: dict) -> list:
+    """The whole-step ratios in one row per model: eager and compiled, with the A/A control."""
+    cells = {(r["model"], r["mode"]): r for r in data["rows"]}
+    names = list(dict.fromkeys(r["model"] for r in data["rows"]))
+    lines = [f"Converted / plain step time, median of {data['rounds']} shuffled rounds (CPU, one thread, batch "
+             f"{data['batch']}); in brackets the control, a second plain copy timed the same way.", "",
+             "| model | eager | `torch.compile` |", "|---|---|---|"]
+    for name in names:
+        row = [f"{cells[(name, m)]['ratio']:.3f} ({cells[(name, m)]['control']:.3f})" if (name, m) in cells else "-"
+               for m in ("eager", "compile")]
+        lines.append(f"| {name} | {row[0]} | {row[1]} |")
+    return lines
+
+
+RENDERERS = {"models": models, "mode_cost": mode_cost, "steps": steps}
 
 
 def render(text: str, doc_path: str, root: str) -> str:

@@ -28,10 +28,12 @@ from .modules import (  # noqa: E402
 )
 from ._report import report  # noqa: E402
 from ._context import corrected  # noqa: E402
+from .equalise import PhaseEqualised, equalise_phases, phase_equalised  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
     "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "AvgPool2d",
     "functional", "init", "metrics", "convert", "revert", "corrected", "report", "count_map", "correction_factors",
-    "Factors", "transposed_count_map", "transposed_factors", "CORRECTIONS",
+    "Factors", "transposed_count_map", "transposed_factors", "CORRECTIONS", "PhaseEqualised", "equalise_phases",
+    "phase_equalised",
 ]

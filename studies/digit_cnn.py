@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import strideconv
-from strideconv.metrics import harmonic_energy_ratio, phase_energies, phase_energy_ratio
+from strideconv.metrics import harmonic_energy_ratio, phase_energy_ratio
 
 EQUALISED_STRIDE = 4
 # label: (correction, power); None: no strideconv
@@ -79,42 +79,12 @@ def corrected(model: nn.Module, correction: str, power: float) -> nn.Module:
     return strideconv.convert(copy.deepcopy(model), correction=correction, power=power)
 
 
-class _ScaleGradient(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, factors):
-        ctx.save_for_backward(factors)
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (factors,) = ctx.saved_tensors
-        return grad * factors, None
-
-
-class PhaseEqualised(nn.Module):
-    """`model` with the gradient reaching its input multiplied by a fixed per-phase factor map."""
-
-    def __init__(self, model: nn.Module, factors: torch.Tensor):
-        super().__init__()
-        self.model = model
-        self.register_buffer("factors", factors)
-
-    def forward(self, x):
-        return self.model(_ScaleGradient.apply(x, self.factors))
-
-
 def phase_equalised(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                    stride: int = EQUALISED_STRIDE) -> PhaseEqualised:
-    """The post-hoc baseline: factors chosen so that the plain gradients of the true-class logits
-    of `x` have the same mean energy in every stride phase (interior positions, border 2)."""
-    x = x.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(model(x).gather(1, y[:, None]).sum(), x)
-    energy = phase_energies(grad, stride, border=2).clamp_min(1e-30)  # (stride, stride)
-    scale = (energy.mean() / energy).sqrt()
-    size = x.shape[-2:]
-    reps = [-(-size[0] // stride), -(-size[1] // stride)]
-    factors = scale.repeat(*reps)[: size[0], : size[1]]
-    return PhaseEqualised(model, factors.to(x.dtype).expand(1, 1, *size).clone())
+                    stride: int = EQUALISED_STRIDE) -> strideconv.PhaseEqualised:
+    """The post-hoc baseline (strideconv.phase_equalised): factors chosen so that the plain
+    gradients of the true-class logits of `x` have the same mean energy in every stride phase
+    (interior positions, border 2)."""
+    return strideconv.phase_equalised(model, x, lambda out: out.gather(1, y[:, None]).sum(), stride, border=2)
 
 
 def variants(model: nn.Module, calibration_x: torch.Tensor, calibration_y: torch.Tensor,
