@@ -3,7 +3,7 @@
 // convolution, the count-normalised transposed convolution, the choice of the
 // weight that gives the corrected input gradient (or the normalised transposed
 // output), and the out-of-place border scaling. The device kernels
-// (scale_taps, scale_border_) are in cpu/ and cuda/; autograd in autograd.cpp;
+// (scale_taps, scale_border_) are in cpu/ and cuda/; autograd in autograd/ (one file per operator);
 // the design in docs/design.md.
 
 #include <ATen/ATen.h>
@@ -220,7 +220,7 @@ at::Tensor scale_border(
   return out;
 }
 
-// Average pooling whose input gradient is the true one times `factor` (autograd.cpp): the
+// Average pooling whose input gradient is the true one times `factor` (autograd/pool.cpp): the
 // forward is ATen's avg_pool2d itself.
 at::Tensor avg_pool2d(const at::Tensor& input, const at::Tensor& factor, at::IntArrayRef kernel_size,
                       at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,

@@ -35,11 +35,13 @@ def _source(path: str, meta: dict, doc_dir: str, root: str) -> str:
 def models(data: dict) -> list:
     """Whole training steps, converted over plain."""
     lines = [f"Median step time of {data['rounds']} shuffled rounds (batch {data['batch']}, {data['clock']}); "
-             "ratio: converted median over plain median; quartiles of the per-round ratios.", "",
-             "| model | mode | plain ms | converted ms | ratio (median) | per-round quartiles |",
-             "|---|---|---|---|---|---|"]
+             "ratio: converted median over plain median, with the quartiles of the per-round ratios; control: a "
+             "second copy of the plain model timed against the first the same way.", "",
+             "| model | mode | plain ms | converted ms | ratio (median) | per-round quartiles | control (quartiles) |",
+             "|---|---|---|---|---|---|---|"]
     return lines + [f"| {r['model']} | {r['mode']} | {r['plain_ms']:.2f} | {r['converted_ms']:.2f} | "
-                    f"{r['ratio']:.3f} | {r['q1']:.3f}-{r['q3']:.3f} |" for r in data["rows"]]
+                    f"{r['ratio']:.3f} | {r['q1']:.3f}-{r['q3']:.3f} | "
+                    f"{r['control']:.3f} ({r['control_q1']:.3f}-{r['control_q3']:.3f}) |" for r in data["rows"]]
 
 
 def mode_cost(data: dict) -> list:

@@ -1,6 +1,6 @@
 #pragma once
 // The CPU loop of scale_border_ (cpu/scale_kernels.cpp), callable without the dispatcher by the
-// backward of a call whose arguments the forward checked (autograd.cpp): on CPU, a dispatched op
+// backward of a call whose arguments the forward checked (autograd/conv.cpp): on CPU, a dispatched op
 // costs more than scaling a small layer's band.
 
 #include <ATen/core/Tensor.h>

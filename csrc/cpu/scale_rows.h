@@ -3,7 +3,7 @@
 // table of `taps` factors repeats along the weight's rows and no index arithmetic is needed.
 // Each element is multiplied in the factors' type (opmath) and rounded once to scalar_t. Shared
 // by the scale_taps kernel (cpu/scale_kernels.cpp) and the backward's cached-factor path
-// (autograd.cpp).
+// (autograd/conv.cpp).
 
 #include <ATen/Parallel.h>
 
