@@ -4,7 +4,7 @@ strided layers of common networks; and the fixed cost per call."""
 from __future__ import annotations
 
 import copy
-import statistics
+import math
 import sys
 from contextlib import nullcontext
 from typing import List
@@ -48,7 +48,8 @@ def make_variants(x, w, b, s, p, need_input, factor_map):
             xi.register_hook(lambda g: g * factor_map)
         return F.conv2d(xi, w, b, s, p)
 
-    fwds = {"F.conv2d": plain_fwd, "hook": hook_fwd}
+    # control: F.conv2d timed against itself (A/A), how far from 1.00 the machine's noise reads
+    fwds = {"F.conv2d": plain_fwd, "control": lambda: plain_fwd(), "hook": hook_fwd}
     fwds.update({c: ours_fwd(c) for c in CORRECTIONS})
 
     def train_step(fwd):
@@ -67,18 +68,33 @@ def make_variants(x, w, b, s, p, need_input, factor_map):
     return {k: train_step(f) for k, f in fwds.items()}, {k: fwd_only(f) for k, f in fwds.items()}
 
 
+ROUND_S = 0.05  # on CPU, each variant's calls in a round last at least this long (one thread, thread CPU time)
+CONTROL_TOLERANCE = 0.02  # a shape whose control strays further is flagged
+
+
+def _reps(fn, clock, cuda, quick):
+    """Calls per variant per round: fixed on a GPU (CUDA events), enough on CPU for ROUND_S."""
+    if cuda or quick:
+        return 10 if cuda and not quick else 2
+    fn()
+    return max(2, math.ceil(ROUND_S / clock(fn, 1)))
+
+
 def speed_suite(device, quick):
+    """fwd+bwd and forward time of every variant on every shape against F.conv2d, in shuffled
+    interleaved rounds (common.paired_rounds): medians, the ratio of the medians, the quartiles of
+    the per-round ratios, and an A/A control per shape. On CPU: one thread, thread CPU time."""
     cuda = device.startswith("cuda")
     kept = False if cuda else keep_freed_memory()
     batch = (8 if quick else 32) if cuda else (1 if quick else 2)
-    rounds, reps = (3, 2) if quick else ((15, 10) if cuda else (15, 3))
+    rounds = 3 if quick else (15 if cuda else 21)
+    clock = per_call_clock(device)
     modes = [("float32", False, torch.contiguous_format)]
     if cuda:
         modes += [("bf16 autocast", True, torch.contiguous_format), ("float32", False, torch.channels_last),
                   ("bf16 autocast", True, torch.channels_last)]
     shapes = SHAPES[:3] if quick else SHAPES
-    rows = []
-    timer = Timer(device)
+    rows, flagged, all_reps = [], [], []
     for dtype_name, autocast, memory_format in modes:
         for name, cin, cout, k, s, p, size, need_input in tqdm(
             shapes, desc=f"speed {dtype_name} {'channels_last' if memory_format is torch.channels_last else ''}",
@@ -95,28 +111,31 @@ def speed_suite(device, quick):
             factor_map = strideconv.correction_factors((size, size), k, s, p).position
             factor_map = factor_map.to(device, torch.bfloat16 if autocast else torch.float32)
             ctx = torch.autocast(device.split(":")[0], torch.bfloat16) if autocast else nullcontext()
-            with ctx:
+            with ctx, one_thread(enabled=not cuda):
                 train, fwd = make_variants(x, w, b, s, p, need_input, factor_map)
-                names = list(train)
-                med = interleaved_medians(train, fwd, timer, range(rounds), reps)
+                reps = (_reps(train["F.conv2d"], clock, cuda, quick), _reps(fwd["F.conv2d"], clock, cuda, quick))
+                rt = paired_rounds(train, "F.conv2d", clock, rounds, reps[0])
+                rf = paired_rounds(fwd, "F.conv2d", clock, rounds, reps[1])
                 memory = peak_memory(train, device, "F.conv2d") if cuda else {}
-            for n in names:
+            layout = "channels_last" if memory_format is torch.channels_last else "contiguous"
+            all_reps.append(reps)
+            for n in train:
                 rows.append(dict(
-                    shape=name, dtype=dtype_name,
-                    layout="channels_last" if memory_format is torch.channels_last else "contiguous",
-                    batch=batch, variant=n, input_grad=need_input,
-                    train_s=med[("train", n)], fwd_s=med[("fwd", n)],
-                    train_ratio=med[("train", n)] / med[("train", "F.conv2d")],
-                    fwd_ratio=med[("fwd", n)] / med[("fwd", "F.conv2d")],
-                    peak_mem_ratio=memory.get(n),
+                    shape=name, dtype=dtype_name, layout=layout, batch=batch, variant=n, input_grad=need_input,
+                    train_s=rt[n]["median"], fwd_s=rf[n]["median"],
+                    train_ratio=rt[n]["ratio"], train_q1=rt[n]["ratio_q1"], train_q3=rt[n]["ratio_q3"],
+                    fwd_ratio=rf[n]["ratio"], fwd_q1=rf[n]["ratio_q1"], fwd_q3=rf[n]["ratio_q3"],
+                    peak_mem_ratio=memory.get(n), reps=reps,
                 ))
-    # control: "none"'s forward runs the same kernels as F.conv2d's, so on these shapes (where
-    # the host cost is small beside the arithmetic) its median ratio must read 1.00
-    control = statistics.median(r["fwd_ratio"] for r in rows if r["variant"] == "none")
-    if abs(control - 1) > 0.03:
-        print(f"WARNING: the speed control (correction='none' forward against F.conv2d's) reads {control:.3f} instead "
-              "of 1.00: the machine was busy; rerun on an idle machine", file=sys.stderr)
-    return rows, dict(batch=batch, rounds=rounds, reps=reps, malloc_kept=kept, control=control)
+            control = rows[-len(train) + 1]
+            if max(abs(control["train_ratio"] - 1), abs(control["fwd_ratio"] - 1)) > CONTROL_TOLERANCE:
+                flagged.append(f"{name} ({dtype_name}, {layout})")
+    if flagged:
+        print(f"WARNING: the control (F.conv2d against itself) strays more than {CONTROL_TOLERANCE:.0%} from 1.00 on: "
+              + "; ".join(flagged) + ". The machine was busy there: rerun those shapes on an idle machine.",
+              file=sys.stderr)
+    return rows, dict(batch=batch, rounds=rounds, reps=f"{min(r[0] for r in all_reps)}-{max(r[0] for r in all_reps)}",
+                      malloc_kept=kept, flagged=flagged, clock="CUDA events" if cuda else "thread CPU time, one thread")
 
 
 # name, channels, kernel, stride, padding, input size
@@ -303,24 +322,27 @@ def report_section(rows, meta, overhead_rows=(), overhead_meta=None, pool_rows=(
     Markdown lines."""
     lines = [
         "## Speed and memory", "",
-        f"Batch {meta['batch']}; medians of {meta['rounds']} interleaved rounds of "
-        f"{meta['reps']} calls each. Ratios are to `F.conv2d` in the same run (1.00 = same "
-        "time). fwd+bwd computes every gradient that is needed (no input gradient for a first "
-        "layer). `hook` = F.conv2d plus a tensor hook multiplying the input gradient by the "
-        "precomputed position factor map. Peak memory: CUDA allocator peak during fwd+bwd, relative "
-        "to F.conv2d (not measured on CPU)."
-        + (f" Control: the median forward ratio of `none` (the same kernels as F.conv2d) is {meta['control']:.3f}"
-           + (" -- **off 1.00: the machine was busy**." if abs(meta["control"] - 1) > 0.03 else ".")
-           if meta.get("control") is not None else "")
+        f"Batch {meta['batch']}; {meta.get('clock', '')}; {meta['rounds']} shuffled interleaved rounds, "
+        f"{meta['reps']} fwd+bwd calls of each variant per round (on CPU as many as last {ROUND_S} s). Ratios are "
+        "the variant's median over `F.conv2d`'s in the same run (1.00 = same time), with the quartiles of the "
+        "per-round ratios. `control` is `F.conv2d` timed against itself: how far from 1.00 noise alone reads; "
+        f"shapes where it strays more than {CONTROL_TOLERANCE:.0%} are flagged. fwd+bwd computes every gradient "
+        "that is needed (no input gradient for a first layer). `hook` = F.conv2d plus a tensor hook multiplying "
+        "the input gradient by the precomputed position factor map. Peak memory: CUDA allocator peak during "
+        "fwd+bwd, relative to F.conv2d (not measured on CPU)."
         + (" On CPU, glibc was asked (mallopt) to keep freed buffers, so that no round pays for "
-           "fresh page faults that others do not." if meta.get("malloc_kept") else ""), "",
-        "| shape | dtype | layout | input grad | variant | fwd+bwd ms | fwd+bwd ratio | fwd ratio | peak mem ratio |",
+           "fresh page faults that others do not." if meta.get("malloc_kept") else ""),
+        *([""] + [f"**Control off by more than {CONTROL_TOLERANCE:.0%} (the machine was busy) on: "
+                  + "; ".join(meta["flagged"]) + ".**"] if meta.get("flagged") else []), "",
+        "| shape | dtype | layout | input grad | variant | fwd+bwd ms | fwd+bwd ratio (quartiles) | fwd ratio (quartiles) "
+        "| peak mem ratio |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['shape']} | {r['dtype']} | {r['layout']} | {'yes' if r['input_grad'] else 'no'} | "
-                     f"{r['variant']} | {r['train_s'] * 1e3:.3f} | {fmt(r['train_ratio'], 3)} | "
-                     f"{fmt(r['fwd_ratio'], 3)} | {fmt(r['peak_mem_ratio'], 3)} |")
+                     f"{r['variant']} | {r['train_s'] * 1e3:.3f} | {fmt(r['train_ratio'], 3)} "
+                     f"({fmt(r.get('train_q1'), 3)}-{fmt(r.get('train_q3'), 3)}) | {fmt(r['fwd_ratio'], 3)} "
+                     f"({fmt(r.get('fwd_q1'), 3)}-{fmt(r.get('fwd_q3'), 3)}) | {fmt(r['peak_mem_ratio'], 3)} |")
     if pool_rows:
         lines += [
             "", "## Average pooling", "",

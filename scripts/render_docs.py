@@ -74,7 +74,26 @@ def steps(data: dict) -> list:
     return lines
 
 
-RENDERERS = {"models": models, "mode_cost": mode_cost, "steps": steps}
+def speed(data: dict) -> list:
+    """Single layers, fwd+bwd: each variant's ratio to F.conv2d with its per-round quartiles, the
+    A/A control first (run.py's speed table)."""
+    m = data["speed_meta"]
+    variants = ["control", "none", "map", "kernel", "position"]
+    lines = [f"fwd+bwd time over `F.conv2d`'s: median of {m['rounds']} shuffled rounds ({m['clock']}, batch "
+             f"{m['batch']}), with the quartiles of the per-round ratios; control: `F.conv2d` against itself.", "",
+             "| layer | " + " | ".join(f"`{v}`" if v != "control" else v for v in variants) + " |",
+             "|---|" + "---|" * len(variants)]
+    cells = {(r["shape"], r["variant"]): r for r in data["speed"] if r["dtype"] == "float32"}
+    for shape in dict.fromkeys(r["shape"] for r in data["speed"]):
+        lines.append(f"| {shape} | " + " | ".join(
+            f"{cells[(shape, v)]['train_ratio']:.3f} ({cells[(shape, v)]['train_q1']:.2f}-"
+            f"{cells[(shape, v)]['train_q3']:.2f})" for v in variants) + " |")
+    if m.get("flagged"):
+        lines += ["", "Control off by more than 2% on: " + "; ".join(m["flagged"]) + "."]
+    return lines
+
+
+RENDERERS = {"models": models, "mode_cost": mode_cost, "steps": steps, "speed": speed}
 
 
 def render(text: str, doc_path: str, root: str) -> str:

@@ -18,7 +18,7 @@ from torch import nn
 
 from ._arguments import check_correction
 from ._recording import Call, record
-from .factors import _transposed_length, axis_alpha, axis_class_counts, axis_counts, axis_transposed_counts, \
+from .factors import axis_alpha, axis_class_counts, axis_counts, axis_transposed_counts, \
     pool_axis_counts
 from .metrics import phase_energies
 
