@@ -188,8 +188,8 @@ def overhead_table(device, quick):
     b = torch.zeros(1, device=device, requires_grad=True)
     factor_map = strideconv.correction_factors((5, 5), 3, 2, 1).position.to(device, torch.float32)
     train, fwd = make_variants(x, w, b, 2, 1, True, factor_map)
-    train["F.conv2d (control)"] = (lambda f: lambda: f())(train["F.conv2d"])
-    fwd["F.conv2d (control)"] = (lambda f: lambda: f())(fwd["F.conv2d"])
+    train["F.conv2d (control)"] = train.pop("control")
+    fwd["F.conv2d (control)"] = fwd.pop("control")
     modules = {"nn.Conv2d": torch.nn.Conv2d(1, 1, 3, 2, 1)}
     modules.update({f"strideconv.Conv2d {c}": strideconv.Conv2d(1, 1, 3, 2, 1, correction=c) for c in CORRECTIONS})
     grad_out = torch.ones(1, 1, 3, 3, device=device)
