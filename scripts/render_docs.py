@@ -22,7 +22,17 @@ import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BLOCK = re.compile(r"(<!-- render: (\S+) (\S+) -->\n)(.*?)(<!-- end render -->)", re.S)
+BLOCK = re.compile(r"(<!-- render: (\S+) (\S+) -->\n)(.*?)(<!-- end render -->)", re.S)  # RECORD: a.json[+b.json]
+
+
+def _merged(loaded: list) -> dict:
+    """Whole-step records merged (``a.json+b.json``): a later record's rows replace the earlier
+    ones' of the same model and mode; the table states each row's rounds."""
+    rows = {}
+    for data in loaded:
+        for row in data["rows"]:
+            rows[(row["model"], row["mode"])] = dict(row, rounds=data["rounds"])
+    return dict(loaded[0], rows=list(rows.values()), rounds="/".join(str(d["rounds"]) for d in loaded))
 
 
 def _source(path: str, meta: dict, doc_dir: str, root: str) -> str:
@@ -64,12 +74,17 @@ def steps(data: dict) -> list:
     """The whole-step ratios in one row per model: eager and compiled, with the A/A control."""
     cells = {(r["model"], r["mode"]): r for r in data["rows"]}
     names = list(dict.fromkeys(r["model"] for r in data["rows"]))
-    lines = [f"Converted / plain step time, median of {data['rounds']} shuffled rounds (CPU, one thread, batch "
-             f"{data['batch']}); in brackets the control, a second plain copy timed the same way.", "",
+    lines = [f"Converted / plain step time, median of shuffled rounds (CPU, one thread, batch {data['batch']}); in "
+             "brackets the control, a second plain copy timed the same way (and the rounds, where records are "
+             "merged).", "",
              "| model | eager | `torch.compile` |", "|---|---|---|"]
+
+    def cell(r):
+        rounds = f", {r['rounds']} rounds" if "rounds" in r else ""
+        return f"{r['ratio']:.3f} (control {r['control']:.3f}{rounds})"
+
     for name in names:
-        row = [f"{cells[(name, m)]['ratio']:.3f} ({cells[(name, m)]['control']:.3f})" if (name, m) in cells else "-"
-               for m in ("eager", "compile")]
+        row = [cell(cells[(name, m)]) if (name, m) in cells else "-" for m in ("eager", "compile")]
         lines.append(f"| {name} | {row[0]} | {row[1]} |")
     return lines
 
@@ -98,11 +113,14 @@ RENDERERS = {"models": models, "mode_cost": mode_cost, "steps": steps, "speed": 
 
 def render(text: str, doc_path: str, root: str) -> str:
     def block(match):
-        name, record = match.group(2), match.group(3)
-        with open(os.path.join(root, record)) as f:
-            data = json.load(f)
-        body = RENDERERS[name](data) + ["", _source(record, data["meta"], os.path.dirname(doc_path), root)]
-        return match.group(1) + "\n".join(body) + "\n" + match.group(5)
+        name, records = match.group(2), match.group(3).split("+")
+        loaded = []
+        for record in records:
+            with open(os.path.join(root, record)) as f:
+                loaded.append(json.load(f))
+        data = loaded[0] if len(loaded) == 1 else _merged(loaded)
+        sources = [_source(r, d["meta"], os.path.dirname(doc_path), root) for r, d in zip(records, loaded)]
+        return match.group(1) + "\n".join(RENDERERS[name](data) + [""] + sources) + "\n" + match.group(5)
 
     return BLOCK.sub(block, text)
 
