@@ -108,7 +108,29 @@ def speed(data: dict) -> list:
     return lines
 
 
-RENDERERS = {"models": models, "mode_cost": mode_cost, "steps": steps, "speed": speed}
+def overhead(data: dict) -> list:
+    """run.py's per-call table: microseconds per call over F.conv2d (modules: over nn.Conv2d)."""
+    m = data["overhead_meta"]
+    rows = {r["variant"]: r for r in data["overhead"]}
+    lines = [f"Extra microseconds per call, median of the per-round differences over {m['rounds']} shuffled rounds "
+             f"of {m['reps']} calls ({m['clock']}, one thread), fwd+bwd with the quartiles; control: `F.conv2d` "
+             f"against itself, fwd+bwd ratio {m['control'][0]:.3f}, fwd {m['control'][1]:.3f}.", "",
+             "| variant | fwd (no_grad) | fwd+bwd [quartiles] |", "|---|---|---|"]
+    for name, r in rows.items():
+        if name == "F.conv2d" or name == "nn.Conv2d":
+            continue
+        if name.startswith("strideconv.Conv2d"):
+            lines.append(f"| {name}, over `nn.Conv2d` | | {r['train_module_extra_us']:+.2f} "
+                         f"[{r['train_module_q1_us']:+.2f}, {r['train_module_q3_us']:+.2f}] |")
+        else:
+            lines.append(f"| {name} | {r['fwd_extra_us']:+.2f} | {r['train_extra_us']:+.2f} "
+                         f"[{r['train_extra_q1_us']:+.2f}, {r['train_extra_q3_us']:+.2f}] |")
+    lines.append(f"| (`F.conv2d` itself: {rows['F.conv2d']['fwd_us']:.1f} us fwd, "
+                 f"{rows['F.conv2d']['train_us']:.1f} us fwd+bwd) | | |")
+    return lines
+
+
+RENDERERS = {"models": models, "mode_cost": mode_cost, "steps": steps, "speed": speed, "overhead": overhead}
 
 
 def render(text: str, doc_path: str, root: str) -> str:

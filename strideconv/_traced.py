@@ -3,7 +3,7 @@
 In eager mode a corrected layer is one call of ``torch.ops.strideconv.conv`` (or
 ``conv_transpose``), whose autograd is compiled. To inductor such an op is opaque: it keeps the
 layout the op had when traced, while every plain convolution of the graph gets the layout
-inductor picks for convolutions (channels_last on CPU and CUDA, 1.2-1.7x faster there for a
+inductor picks for convolutions (channels_last on CPU and CUDA, faster there for a
 3x3/2 layer on CPU). So while dynamo traces (not for ``torch.export``, which keeps the ops),
 the layers are written with torch's own convolutions (``F.conv2d`` and its siblings, which
 autocast casts and which reach ``aten.convolution``) and strideconv's small scaling ops:
