@@ -58,6 +58,9 @@ class TracedConv(torch.autograd.Function):
         # Under autocast the forward ran in the gradient's dtype: the operands are cast to it here
         # (the weight after its scaling, so it is rounded once); autograd casts the gradients back.
         dtype = grad.dtype
+        if need_input and correction == "position" and _static(input.shape[2:], grad.shape[2:]):
+            return _position_backward(grad, input, weight, stride, padding, dilation, groups, power,
+                                      need_weight, need_bias)
         scaled = weight
         if need_input and correction != "none":
             # grad_weight and grad_bias do not depend on the weight: they come out true
@@ -68,6 +71,30 @@ class TracedConv(torch.autograd.Function):
         if need_input and correction == "position":  # a fresh tensor: its band scaled in place
             _ops.scale_border_(grad_input, list(weight.shape[2:]), stride, padding, dilation, power)
         return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
+
+
+def _static(*sizes) -> bool:
+    """Whether every size is a plain int (no symbolic size of dynamic shapes)."""
+    return all(type(v) is int for size in sizes for v in size)
+
+
+def _position_backward(grad, input, weight, stride, padding, dilation, groups, power, need_weight, need_bias):
+    """``position``'s gradients as its definition states them: the true input gradient (the plain
+    weight) times the factor map ``(K / C(i)) ** power``. One multiply, which inductor fuses with
+    the pointwise ops around it; no weight scaling and no in-place band update, whose
+    functionalised form copies the whole input gradient first. The factor map is the output
+    factor map of the transposed convolution with the same geometry, whose output is this
+    input (the counts are the same), at the output padding that gives the input's size."""
+    dtype = grad.dtype
+    kernel = list(weight.shape[2:])
+    grad_input, grad_weight, grad_bias = _aten.convolution_backward.default(
+        grad, input.to(dtype), weight.to(dtype), [weight.shape[0]] if need_bias else None, stride, padding,
+        dilation, False, [0] * len(stride), groups, [True, need_weight, need_bias])
+    size = list(input.shape[2:])
+    output_padding = [(L + 2 * p - q * (k - 1) - 1) % s for L, k, s, p, q in zip(size, kernel, stride, padding, dilation)]
+    like = input.new_empty([1, 1] + size, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    factors = _ops.output_factors(like, kernel, stride, padding, dilation, output_padding, "position", power)
+    return (grad_input * factors).to(dtype), grad_weight, grad_bias, None, None, None, None, None, None
 
 
 def conv(input, weight, bias, stride, padding, dilation, groups, correction, power):
