@@ -328,7 +328,7 @@ def test_report_measures_each_calls_phase_ratio(correction):
     del generator
 
 
-def test_report_inside_a_generator_block_is_unaffected():
+def test_a_paused_generators_block_reaches_the_caller_until_closed():
     """A paused generator that entered corrected() leaks the mode to its caller (a property of
     torch's function modes, documented in docs/design.md): the report sees and says so."""
     def steps():
