@@ -172,6 +172,13 @@ def one_thread(enabled: bool = True):
         torch.set_num_threads(threads)
 
 
+def calls_lasting(fn, clock, seconds: float) -> int:
+    """How many calls of ``fn`` last at least ``seconds`` on ``clock`` (at least 2), timed on two
+    calls after a warm-up call."""
+    fn()
+    return max(2, math.ceil(seconds / clock(fn, 2)))
+
+
 def paired_rounds(calls: Dict[str, object], reference: str, clock, rounds: int, reps: int, seed: int = 0) -> dict:
     """Per variant, the median seconds per call and, against `reference`, the median and quartiles
     of the per-round differences, the ratio of the medians and the quartiles of the per-round

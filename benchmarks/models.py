@@ -35,7 +35,7 @@ import strideconv
 
 import speed
 import zoo
-from common import describe, keep_freed_memory, meta_lines, one_thread, paired_rounds, per_call_clock, record_folder, tqdm
+from common import calls_lasting, describe, keep_freed_memory, meta_lines, one_thread, paired_rounds, per_call_clock, record_folder, tqdm
 
 
 # ----- the models -----------------------------------------------------------------------------
@@ -205,8 +205,7 @@ def measure(steps, clock, rounds, reps):
     quartiles of the per-round ratios (shuffled interleaved rounds; common.paired_rounds). With
     ``reps`` None, as many steps per round as last ROUND_S seconds (at least 2)."""
     if reps is None:
-        steps["plain"]()
-        reps = max(2, round(ROUND_S / clock(steps["plain"], 2)))
+        reps = calls_lasting(steps["plain"], clock, ROUND_S)
     r = paired_rounds(steps, "plain", clock, rounds, reps)
     c, a = r["converted"], r["control"]
     return dict(plain_ms=1e3 * r["plain"]["median"], converted_ms=1e3 * c["median"], ratio=c["ratio"],

@@ -4,7 +4,6 @@ strided layers of common networks; and the fixed cost per call."""
 from __future__ import annotations
 
 import copy
-import math
 import sys
 from contextlib import nullcontext
 from typing import List
@@ -16,7 +15,7 @@ from torch.overrides import TorchFunctionMode
 import strideconv
 from strideconv.functional import conv2d
 
-from common import (CORRECTIONS, Timer, fmt, interleaved_medians, keep_freed_memory, one_thread, paired_rounds,
+from common import (CORRECTIONS, Timer, calls_lasting, fmt, interleaved_medians, keep_freed_memory, one_thread, paired_rounds,
                     peak_memory, per_call_clock, tqdm)
 from zoo import StdConv2d, standardised
 
@@ -76,8 +75,7 @@ def _reps(fn, clock, cuda, quick):
     """Calls per variant per round: fixed on a GPU (CUDA events), enough on CPU for ROUND_S."""
     if cuda or quick:
         return 10 if cuda and not quick else 2
-    fn()
-    return max(2, math.ceil(ROUND_S / clock(fn, 1)))
+    return calls_lasting(fn, clock, ROUND_S)
 
 
 def speed_suite(device, quick):

@@ -18,6 +18,7 @@ the input gradient that flows through that call alone.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import NamedTuple, Optional
 
@@ -32,7 +33,7 @@ from ._context import (_CONV_TRANSPOSES, _CONVS, _conv_arguments, _conv_transpos
 from .functional import _conv_nd
 from .modules import AvgPool2d, _Corrected
 
-__all__ = ["Call", "Recording", "record"]
+__all__ = ["Call", "Recording", "buffers_kept", "record"]
 
 _OP_CONV = torch.ops.strideconv.conv.default
 _OP_CONV_TRANSPOSE = torch.ops.strideconv.conv_transpose.default
@@ -65,10 +66,6 @@ class Recording(NamedTuple):
     output: object  # what the model returned
 
 
-def _kind(op: str) -> str:
-    return "transposed" if op.startswith("conv_transpose") else ("pool" if op.startswith("avg_pool") else "conv")
-
-
 class _Recorder(TorchFunctionMode):
     def __init__(self, min_stride: int, transposed: bool, pool: bool, force: Optional[str], taps: bool):
         super().__init__()
@@ -89,6 +86,11 @@ class _Recorder(TorchFunctionMode):
 
     def _where(self):
         return self.stack[-1] if self.stack else ("", None)
+
+    def _op_setter(self) -> str:
+        """Who set a strideconv op call's setting: a strideconv layer, or a corrected() mode
+        (a block, or convert's scope) that turned a torch call into the op."""
+        return "layer" if isinstance(self._where()[1], _Corrected) else "corrected()"
 
     # ----- calls ----------------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -195,8 +197,7 @@ class _Recorder(TorchFunctionMode):
         geometry = self._geometry(input, weight, stride, padding, dilation, nd) if largest >= self.min_stride else None
         if geometry is None:
             return func(*args, **kwargs)
-        by = "layer" if isinstance(self._where()[1], _Corrected) else "corrected()"
-        self._add(f"conv{nd}d", *geometry, groups, (correction, power, by))
+        self._add(f"conv{nd}d", *geometry, groups, (correction, power, self._op_setter()))
         input = self._tap(input)
         if self.force is not None:
             correction = self.force
@@ -206,8 +207,7 @@ class _Recorder(TorchFunctionMode):
         if func is _OP_CONV_TRANSPOSE:
             (input, weight, bias, stride, padding, output_padding, dilation, groups, correction,
              power) = _op_transpose_arguments(*args, **kwargs)
-            by = "layer" if isinstance(self._where()[1], _Corrected) else "corrected()"
-            setting = (correction, power, by)
+            setting = (correction, power, self._op_setter())
         else:
             try:
                 input, weight, bias, stride, padding, output_padding, groups, dilation = _conv_transpose_arguments(
@@ -263,6 +263,18 @@ def _op_arguments(input, weight, bias, stride, padding, dilation, groups, correc
 
 def _op_transpose_arguments(input, weight, bias, stride, padding, output_padding, dilation, groups, correction, power):
     return input, weight, bias, stride, padding, output_padding, dilation, groups, correction, power
+
+
+@contextlib.contextmanager
+def buffers_kept(model: nn.Module):
+    """The model's buffers (BatchNorm statistics) as they were before the block, also when it raises."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
 
 
 def record(model: nn.Module, example_input, *, min_stride: int = 2, transposed: bool = False, pool: bool = False,

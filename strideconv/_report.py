@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from ._arguments import check_correction
-from ._recording import Call, record
-from .factors import axis_alpha, axis_class_counts, axis_counts, axis_transposed_counts, \
-    pool_axis_counts
+from ._recording import Call, buffers_kept, record
+from .factors import axis_alpha, axis_class_counts, axis_counts, axis_transposed_counts, pool_axis_counts, \
+    tap_factors
 from .metrics import phase_energies
 
 __all__ = ["Layer", "Report", "report"]
@@ -156,11 +156,7 @@ def _effects(call: Call, axes, alpha: float, power: float) -> str:
     """What position, kernel and map do to the call's gradient, where a window reaches."""
     position = [math.prod((k / c) ** power for c, k in zip(counts, call.kernel))
                 for counts in itertools.product(*[[c for c in axis if c > 0] for axis in axes])]
-    taps = []
-    for k, s, q in zip(call.kernel, call.stride, call.dilation):
-        n = axis_class_counts(k, s, q)
-        taps.append([(k / n[(t * q) % s]) ** power for t in range(k)])
-    kernel = [math.prod(f) for f in itertools.product(*taps)]
+    kernel = tap_factors(call.kernel, call.stride, call.dilation, power).flatten().tolist()
     return f"{_effect(position)} / {_effect(kernel)} / {_effect([alpha])}"
 
 
@@ -265,15 +261,10 @@ def report(model: nn.Module, example_input, min_stride: int = 2, *, gradients=Fa
         measured = "position" if gradients is True else check_correction(gradients)
         if measured == "none":
             raise ValueError("gradients= names the correction to compare with plain: 'position', 'kernel' or 'map'")
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    try:
+    with buffers_kept(model):
         with torch.no_grad():
             calls = record(model, example_input, min_stride=min_stride, transposed=True, pool=True).calls
         energies = _measure(model, example_input, min_stride, measured) if measured else None
-    finally:
-        with torch.no_grad():
-            for buffer, saved in buffers:
-                buffer.copy_(saved)
     if energies is not None and not all(len(e) == len(calls) for e in energies):
         raise RuntimeError("strideconv.report: the model made different calls in the gradient passes "
                            f"({len(calls)}, then {[len(e) for e in energies]})")

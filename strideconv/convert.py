@@ -87,8 +87,9 @@ def _is_lazy(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params()
 
 
-def _uncovered_warning(skipped: list, lazy: bool) -> str:
-    """One short line: the classes left unconverted, with counts, most frequent first."""
+def _uncovered_warning(skipped: list) -> str:
+    """One short line: the lazy classes left unconverted (the only ones left), with counts, most
+    frequent first."""
     counts = collections.Counter(skipped)
     parts = [f"{n} {name}" for name, n in counts.most_common()]
     shown = []
@@ -99,9 +100,7 @@ def _uncovered_warning(skipped: list, lazy: bool) -> str:
     more = len(parts) - len(shown)
     text = (f"strideconv.convert left {len(skipped)} strided convolution{'s' if len(skipped) > 1 else ''} "
             f"unconverted: {', '.join(shown)}{f' and {more} more classes' if more else ''}")
-    if lazy:
-        text += " (lazy ones convert after their first forward pass)"
-    return text + "; strideconv.report(model, x) lists them"
+    return text + " (lazy ones convert after their first forward pass); strideconv.report(model, x) lists them"
 
 
 def _swap(module: nn.Module, cls: type) -> nn.Module:
@@ -179,7 +178,7 @@ def convert(
     torch_classes = TORCH_CONVS + TORCH_CONV_TRANSPOSES if transposed else TORCH_CONVS
     ours = tuple(_TO_PLAIN)
     mode = _CorrectedMode(correction, power, transposed, False, min_stride)
-    skipped, lazy = [], False
+    skipped = []  # lazy convolutions not yet run: the only ones nothing can cover
 
     def make(module):
         if isinstance(module, ours) or _is_scoped(module) or not isinstance(module, torch_classes):
@@ -187,12 +186,10 @@ def convert(
         largest = _largest(module.stride)
         if largest is None or largest < min_stride:
             return None
-        cls = targets.get(_base_class(module))
         if _is_lazy(module):
-            nonlocal lazy
-            lazy = True
             skipped.append(type(module).__name__)
             return None
+        cls = targets.get(_base_class(module))
         if cls is None:  # a subclass: its own forward, inside the mode
             _scope(module, mode)
             return None
@@ -205,23 +202,17 @@ def convert(
     if example_input is not None:
         _scope_functional_calls(out, example_input, mode, min_stride, transposed)
     if skipped:
-        warnings.warn(_uncovered_warning(skipped, lazy), stacklevel=2)
+        warnings.warn(_uncovered_warning(skipped), stacklevel=2)
     return out
 
 
 def _scope_functional_calls(model: nn.Module, example_input, mode, min_stride: int, transposed: bool) -> None:
     """Scope each module whose forward made a strided torch call that nothing corrected on
     ``example_input`` (a strideconv layer set to "none" is left as it is)."""
-    from ._recording import record  # the recording pass imports the modules, as this file does
+    from ._recording import buffers_kept, record  # the recording pass imports the modules, as this file does
 
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    try:
-        with torch.no_grad():
-            rec = record(model, example_input, min_stride=min_stride, transposed=transposed)
-    finally:
-        with torch.no_grad():
-            for buffer, saved in buffers:
-                buffer.copy_(saved)
+    with buffers_kept(model), torch.no_grad():
+        rec = record(model, example_input, min_stride=min_stride, transposed=transposed)
     for call, module in zip(rec.calls, rec.modules):
         if call.by == "" and module is not None and not _is_scoped(module):
             _scope(module, mode)

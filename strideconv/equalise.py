@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ._arguments import int_tuple_exact
+from ._pooling import ScaleGrad, apply
 from .metrics import phase_energies
 
 __all__ = ["PhaseEqualised", "equalise_phases", "input_period", "phase_equalised", "phase_factors"]
@@ -45,18 +46,6 @@ def equalise_phases(grad: torch.Tensor, stride, border: int = 0) -> torch.Tensor
     return grad * phase_factors(grad, stride, border).to(grad.dtype)
 
 
-class _ScaleGradient(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, factors):
-        ctx.save_for_backward(factors)
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (factors,) = ctx.saved_tensors
-        return grad * factors, None
-
-
 class PhaseEqualised(nn.Module):
     """``model`` whose input gradient is multiplied by a fixed factor map (its forward is the
     model's, bit for bit). Build it with ``phase_equalised``."""
@@ -67,7 +56,7 @@ class PhaseEqualised(nn.Module):
         self.register_buffer("factors", factors)
 
     def forward(self, x):
-        return self.model(_ScaleGradient.apply(x, self.factors.to(x.dtype)))
+        return self.model(apply(ScaleGrad, x, self.factors.to(x.dtype)))
 
 
 def input_period(model: nn.Module, example_input: torch.Tensor) -> tuple:
