@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <list>
 #include <mutex>
+#include <optional>
 #include <utility>
 
 namespace strideconv {
@@ -28,10 +29,33 @@ class LruCache {
       }
     }
     Value value = build();
-    std::lock_guard<std::mutex> lock(mutex_);
-    entries_.emplace_front(std::move(key), value);
-    if (entries_.size() > Capacity) entries_.pop_back();
+    put(std::move(key), value);
     return value;
+  }
+
+  // The value of `key` if it is cached (it becomes the most recent), else nothing.
+  std::optional<Value> find(const Key& key) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+      if (it->first == key) {
+        entries_.splice(entries_.begin(), entries_, it);
+        return it->second;
+      }
+    }
+    return std::nullopt;
+  }
+
+  // Caches `value` as the most recent entry for `key`, in place of any value it had.
+  void put(Key key, Value value) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+      if (it->first == key) {
+        entries_.erase(it);
+        break;
+      }
+    }
+    entries_.emplace_front(std::move(key), std::move(value));
+    if (entries_.size() > Capacity) entries_.pop_back();
   }
 
  private:

@@ -16,10 +16,13 @@
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/jit/frontend/tracer.h>
 #include <torch/extension.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <array>
 #include <cmath>
+#include <tuple>
 
+#include "lru_cache.h"
 #include "ops.h"
 
 namespace {
@@ -125,6 +128,132 @@ PyMethodDef conv_fast_def = {
     "strideconv.functional's common eager call, checked in C++; None where the Python entry must take its "
     "general path"};
 
+// --- avg_pool2d ---------------------------------------------------------------------------------
+//
+// The factor maps of corrected pooling calls, by geometry, correction, power, dtype and device:
+// built by Python (strideconv/_pooling.py, the one definition) on a layer's first call and handed
+// here by `pool_factor_remember`, so that `pool_fast` finds them without Python on later calls.
+using PoolKey = std::tuple<std::array<int64_t, 8>, bool, int, double, at::ScalarType, at::Device>;
+
+enum PoolCorrection { kPoolPosition = 1, kPoolKernel = 2, kPoolMap = 3 };
+
+strideconv::LruCache<PoolKey, at::Tensor, 64>& pool_factors() {
+  static auto* cache = new strideconv::LruCache<PoolKey, at::Tensor, 64>();  // never destroyed (lru_cache.h)
+  return *cache;
+}
+
+// The correction's code, 0 for "none", -1 for anything else (the Python entry checks it).
+int pool_correction(py::handle h) {
+  if (!PyUnicode_CheckExact(h.ptr())) return -1;
+  Py_ssize_t length = 0;
+  const char* chars = PyUnicode_AsUTF8AndSize(h.ptr(), &length);
+  if (chars == nullptr) {
+    PyErr_Clear();
+    return -1;
+  }
+  const c10::string_view name(chars, static_cast<size_t>(length));
+  return name == "position" ? kPoolPosition : name == "kernel" ? kPoolKernel : name == "map" ? kPoolMap
+                                                                       : name == "none" ? 0 : -1;
+}
+
+PoolKey pool_key(const at::Tensor& x, const std::array<int64_t, 3>& k, const std::array<int64_t, 3>& s,
+                 const std::array<int64_t, 3>& p, bool ceil_mode, int correction, double power) {
+  return {{x.size(-2), x.size(-1), k[0], k[1], s[0], s[1], p[0], p[1]}, ceil_mode, correction, power,
+          x.scalar_type(), x.device()};
+}
+
+// The pooling call's arguments as F.avg_pool2d's common forms give them: kernel, stride (None:
+// the kernel) and padding each a plain int or a tuple of 1 or 2 plain ints, valid values, plain
+// bools, divisor_override None or an int. False for anything else.
+bool pool_arguments(PyObject* const* args, std::array<int64_t, 3>& k, std::array<int64_t, 3>& s,
+                    std::array<int64_t, 3>& p, bool& ceil_mode, bool& count_include_pad,
+                    std::optional<int64_t>& divisor) {
+  if (!int_list(args[1], 2, k) || !(args[2] == Py_None ? (s = k, true) : int_list(args[2], 2, s)) ||
+      !int_list(args[3], 2, p) || !PyBool_Check(args[4]) || !PyBool_Check(args[5])) {
+    return false;
+  }
+  for (int d = 0; d < 2; ++d) {
+    if (k[d] <= 0 || s[d] <= 0 || p[d] < 0) return false;
+  }
+  ceil_mode = args[4] == Py_True;
+  count_include_pad = args[5] == Py_True;
+  if (args[6] != Py_None) {
+    int64_t v = 0;
+    if (!exact_int(args[6], v)) return false;
+    divisor = v;
+  }
+  return true;
+}
+
+// Whether a torch.func transform (grad, vmap, ...) is active: functorch includes its dynamic
+// layer's front key in the thread's dispatch keys while its stack of transforms is not empty.
+bool functorch_active() {
+  return c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode);
+}
+
+// The common eager call of strideconv.functional.avg_pool2d and strideconv.AvgPool2d, as
+// conv_fast is the convolution's: pool_fast(input, kernel_size, stride, padding, ceil_mode,
+// count_include_pad, divisor_override, correction, power). A plain tensor of 3 or 4 dims, the
+// common argument forms, no torch function mode, no functorch transform, no jit tracing; a
+// corrected call whose factor map Python has remembered runs the op and its C++ node, a call with
+// nothing to correct runs ATen's avg_pool2d. Anything else returns None (the Python entry's
+// general path). Python checks first that dynamo is not tracing.
+PyObject* pool_fast(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 9) {
+    PyErr_SetString(PyExc_TypeError, "pool_fast(input, kernel_size, stride, padding, ceil_mode, count_include_pad, "
+                                     "divisor_override, correction, power)");
+    return nullptr;
+  }
+  std::array<int64_t, 3> k{}, s{}, p{};
+  bool ceil_mode = false, count_include_pad = true;
+  std::optional<int64_t> divisor;
+  const int correction = pool_correction(args[7]);
+  if (correction < 0 || !PyFloat_CheckExact(args[8]) || !plain_tensor(args[0]) ||
+      !pool_arguments(args, k, s, p, ceil_mode, count_include_pad, divisor) ||
+      at::impl::torch_function_mode_enabled() || torch::jit::tracer::isTracing() ||
+      functorch_active()) {
+    Py_RETURN_NONE;
+  }
+  const double power = PyFloat_AS_DOUBLE(args[8]);
+  if (!(power > 0 && power < INFINITY)) Py_RETURN_NONE;
+  const at::Tensor x = THPVariable_Unpack(args[0]);
+  if ((x.dim() != 3 && x.dim() != 4) || x.key_set().has(c10::DispatchKey::FuncTorchGradWrapper) ||
+      x.key_set().has(c10::DispatchKey::FuncTorchBatched)) {
+    Py_RETURN_NONE;  // a torch.func wrapper (a dead one escaped from its transform, too)
+  }
+  const at::IntArrayRef kernel(k.data(), 2), stride(s.data(), 2), padding(p.data(), 2);
+  at::Tensor out;
+  if (correction != 0 && x.requires_grad() && at::GradMode::is_enabled()) {
+    const std::optional<at::Tensor> factor = pool_factors().find(pool_key(x, k, s, p, ceil_mode, correction, power));
+    if (!factor.has_value()) Py_RETURN_NONE;
+    py::gil_scoped_release no_gil;
+    out = strideconv::call_avg_pool2d(x, *factor, kernel, stride, padding, ceil_mode, count_include_pad, divisor);
+  } else {
+    py::gil_scoped_release no_gil;
+    out = at::avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor);
+  }
+  return THPVariable_Wrap(std::move(out));
+  END_HANDLE_TH_ERRORS
+}
+
+PyMethodDef pool_fast_def = {
+    "pool_fast", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&pool_fast)), METH_FASTCALL,
+    "pool_fast(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, correction, "
+    "power): strideconv.functional.avg_pool2d's common eager call, checked in C++; None where the Python entry "
+    "must take its general path"};
+
+// Remembers the factor map Python built for a corrected pooling call of `input` (two-int lists).
+void pool_factor_remember(const at::Tensor& input, const at::Tensor& factor, std::array<int64_t, 2> kernel,
+                          std::array<int64_t, 2> stride, std::array<int64_t, 2> padding, bool ceil_mode,
+                          const std::string& correction, double power) {
+  const int code = pool_correction(py::str(correction));
+  TORCH_CHECK_VALUE(code > 0, "strideconv: pool_factor_remember expects a correction other than 'none'");
+  const std::array<int64_t, 3> k{kernel[0], kernel[1], 0}, s{stride[0], stride[1], 0},
+      p{padding[0], padding[1], 0};
+  pool_factors().put(pool_key(input, k, s, p, ceil_mode, code, power), factor);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -134,6 +263,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("input"), pybind11::arg("weight"), pybind11::arg("bias"),
         pybind11::arg("stride"), pybind11::arg("padding"), pybind11::arg("dilation"),
         pybind11::arg("groups"), pybind11::arg("correction"), pybind11::arg("power"));
+  m.add_object("pool_fast", py::reinterpret_steal<py::object>(
+                                PyCFunction_NewEx(&pool_fast_def, nullptr, m.attr("__name__").ptr())));
+  m.def("pool_factor_remember", &pool_factor_remember,
+        "remember the factor map of a corrected avg_pool2d call, for pool_fast", pybind11::arg("input"),
+        pybind11::arg("factor"), pybind11::arg("kernel_size"), pybind11::arg("stride"), pybind11::arg("padding"),
+        pybind11::arg("ceil_mode"), pybind11::arg("correction"), pybind11::arg("power"));
   m.def("avg_pool2d", &strideconv::call_avg_pool2d, "strideconv::avg_pool2d, called through the dispatcher",
         pybind11::arg("input"), pybind11::arg("factor"), pybind11::arg("kernel_size"), pybind11::arg("stride"),
         pybind11::arg("padding"), pybind11::arg("ceil_mode"), pybind11::arg("count_include_pad"),

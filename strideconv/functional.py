@@ -17,6 +17,7 @@ __all__ = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
 
 _conv_op = torch.ops.strideconv.conv.default
 _conv_fast = _C.conv_fast
+_pool_fast = _C.pool_fast
 _conv_transpose_op = torch.ops.strideconv.conv_transpose.default
 _has_torch_function = torch.overrides.has_torch_function_variadic
 _transforms_active = torch._C._are_functorch_transforms_active
@@ -293,6 +294,13 @@ def avg_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mo
     gradient is the true one times the factor map of ``correction`` (with dilation 1, "kernel" is
     a factor map too: ``(K / n((i + p) mod s)) ** power`` where a window touches ``i``).
     """
+    # The common call first, checked in C++ (_C.pool_fast, as _conv_nd): None for everything else,
+    # and for a corrected call whose factor map is not yet remembered (the layer's first call).
+    if not _dynamo_traces():
+        out = _pool_fast(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
+                         correction, power)
+        if out is not None:
+            return out
     correction, power = check_correction(correction), check_power(power)
     kernel = int_tuple(kernel_size, 2, "kernel_size")
     stride_ = int_tuple(pool_stride(stride, kernel), 2, "stride")
@@ -303,6 +311,7 @@ def avg_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mo
         factor = factor_map(tuple(input.shape[-2:]), kernel, stride_, pad, ceil_mode, correction, power,
                             input.device, input.dtype)
         if _pool_in_cpp(input, divisor_override):  # the common eager call: the op and its C++ node
+            _C.pool_factor_remember(input, factor, kernel, stride_, pad, bool(ceil_mode), correction, power)
             return _C.avg_pool2d(input, factor, kernel, stride_, pad, bool(ceil_mode), bool(count_include_pad),
                                  divisor_override)
         return apply(CorrectedAvgPool2d, input, factor, kernel, stride_, pad, bool(ceil_mode),

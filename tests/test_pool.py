@@ -270,3 +270,70 @@ print("refused")
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "refused" in proc.stdout, proc.stderr[-2000:] + proc.stdout
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_every_call_gives_the_reference_gradient_through_the_compiled_entry(cfg):
+    """A layer's first corrected call builds its factor map in Python and hands it to the C++
+    entry (``_C.pool_fast``); later calls run from there. Corrections, powers, dtypes and an
+    unbatched input interleaved, twice over, so that a map remembered for one call never serves
+    another: every call's output is F.avg_pool2d's and its gradient the reference."""
+    size = (11, 10)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        for dtype in (torch.float64, torch.float32):
+            for correction in strideconv.CORRECTIONS:
+                for power in (0.5, 1.0):
+                    for shape in ((2, 3) + size, (3,) + size):
+                        x = torch.randn(shape, dtype=dtype, generator=gen).requires_grad_()
+                        y = avg_pool2d(x, **cfg, correction=correction, power=power)
+                        y0 = F.avg_pool2d(x, **cfg)
+                        assert torch.equal(y, y0)
+                        g = torch.randn(y.shape, dtype=dtype, generator=gen)
+                        (gx,) = torch.autograd.grad(y, x, g)
+                        (true,) = torch.autograd.grad(y0, x, g)
+                        want = expected(correction, power, true.double(), size, cfg).to(dtype)
+                        tol = 1e-12 if dtype == torch.float64 else 1e-5
+                        torch.testing.assert_close(gx, want, rtol=tol, atol=tol)
+
+
+def test_the_common_call_runs_in_cpp_and_leaves_the_rest_to_python():
+    """``_C.pool_fast`` runs the common eager call once the layer's factor map is remembered, and
+    returns None (the Python entry's general path) for a map not yet built and for every form it
+    does not check itself: lists, numpy ints, int flags, invalid values, a torch function mode,
+    a torch.func transform."""
+    import numpy as np
+    from torch.overrides import TorchFunctionMode
+
+    from strideconv import _C
+
+    x = torch.randn(2, 3, 13, 7, requires_grad=True)  # a geometry no other test uses
+    args = (x, 3, 2, 1, False, True, None)
+    assert _C.pool_fast(*args, "position", 0.5) is None  # not remembered yet
+    first = avg_pool2d(x, 3, 2, 1)  # the general path builds the map and hands it over
+    y = _C.pool_fast(*args, "position", 0.5)
+    assert y is not None and y.grad_fn.name() == "strideconv::AvgPool2dBackward" and torch.equal(y, first)
+    g = torch.randn_like(y)
+    assert torch.equal(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(first, x, g)[0])
+    assert _C.pool_fast(*args, "position", 1.0) is None  # another power: another map
+    assert _C.pool_fast(x.double(), 3, 2, 1, False, True, None, "position", 0.5) is None  # another dtype
+    plain = _C.pool_fast(*args, "none", 0.5)
+    assert plain.grad_fn.name() == "AvgPool2DBackward0" and torch.equal(plain, first)
+    with torch.no_grad():
+        assert torch.equal(_C.pool_fast(*args, "position", 0.5), first)
+    for other in ((x, [3, 3], 2, 1), (x, np.int64(3), 2, 1), (x, 3, 2, -1), (x, 3, 0, 1), (x, 3, 2, (1, 1, 1)),
+                  (x.detach()[0, 0], 3, 2, 1)):
+        assert _C.pool_fast(*other, False, True, None, "position", 0.5) is None, other[1:]
+    assert _C.pool_fast(x, 3, 2, 1, 0, True, None, "position", 0.5) is None  # an int flag
+    assert _C.pool_fast(x, 3, 2, 1, False, True, 2.0, "position", 0.5) is None  # a float divisor
+    assert _C.pool_fast(*args, "Position", 0.5) is None and _C.pool_fast(*args, "position", 1) is None
+
+    class Mode(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Mode():
+        assert _C.pool_fast(*args, "position", 0.5) is None
+    seen = []
+    torch.func.vmap(lambda t: seen.append(_C.pool_fast(t, 3, 2, 1, False, True, None, "none", 0.5)) or t)(x)
+    assert seen == [None]
