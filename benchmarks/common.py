@@ -129,20 +129,6 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def interleaved_medians(train, fwd, timer, rounds, reps):
-    """Median seconds per call of every variant, fwd+bwd ("train") and forward-only ("fwd"),
-    after one warm-up call each (cuDNN picks its algorithms); rounds are interleaved, every
-    variant once per round, so that drifts of the machine hit all variants alike."""
-    for fn in list(train.values()) + list(fwd.values()):
-        fn()
-    times = {(kind, n): [] for kind in ("train", "fwd") for n in train}
-    for _ in rounds:
-        for n in train:
-            times[("train", n)].append(timer(train[n], reps))
-            times[("fwd", n)].append(timer(fwd[n], reps))
-    return {key: statistics.median(v) for key, v in times.items()}
-
-
 class ThreadCPUClock:
     """CPU seconds of the calling thread per call: host cost, blind to other processes' load
     (which a wall clock on a shared machine is not)."""
@@ -177,6 +163,15 @@ def calls_lasting(fn, clock, seconds: float) -> int:
     calls after a warm-up call."""
     fn()
     return max(2, math.ceil(seconds / clock(fn, 2)))
+
+
+def round_calls(fn, clock, cuda: bool, quick: bool, seconds: float = 0.05) -> int:
+    """Calls of each variant per round of a speed table: 10 on a GPU (CUDA events), 2 in a quick
+    run, else (CPU) as many as last ``seconds`` of thread CPU time, so that the clock's step is far
+    below a round."""
+    if cuda or quick:
+        return 10 if cuda and not quick else 2
+    return calls_lasting(fn, clock, seconds)
 
 
 def paired_rounds(calls: Dict[str, object], reference: str, clock, rounds: int, reps: int, seed: int = 0) -> dict:

@@ -165,6 +165,7 @@ def main(argv=None):
     overhead_rows, overhead_meta = (speed.overhead_table(args.device, args.quick) if "overhead" not in args.skip
                                     else ([], None))
     context = speed.context_overhead(args.device, args.quick) if "overhead" not in args.skip else None
+    pool_call_rows = speed.pool_overhead(args.device, args.quick) if "pool" not in args.skip else []
     if "transposed" not in args.skip:
         t_pics, t_ratios, t_draws = transposed.variance_pictures(args.out, args.device, args.quick)
         t_rows, t_meta = transposed.speed_table(args.device, args.quick)
@@ -174,12 +175,13 @@ def main(argv=None):
     ]
     lines += variance.report_section(var_rows, draws, pics) + [""]
     lines += speed.report_section(speed_rows, speed_meta, overhead_rows, overhead_meta, pool_rows)
+    lines += speed.pool_overhead_section(pool_call_rows)
     lines += speed.context_section(context) if context else []
     if "transposed" not in args.skip:
         lines += [""] + transposed.report_section(t_rows, t_meta, t_pics, t_ratios, t_draws)
         pics = pics + t_pics
     else:
-        t_rows, t_meta, t_ratios = [], None, []
+        t_rows, t_meta, t_ratios, t_draws = [], None, [], 0
     studies = (decoder_section(args.out) + image_gradients_section(args.out) + attribution_section(args.out)
                + image_optimisation_section(args.out) + gan_section(args.out) + models_section(args.out))
     text = "\n".join(lines + studies + training_section(args.out)) + "\n"
@@ -187,8 +189,9 @@ def main(argv=None):
         f.write(text)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(dict(meta=meta, variance=var_rows, draws=draws, speed=speed_rows, speed_meta=speed_meta,
-                       pool=pool_rows, overhead=overhead_rows, overhead_meta=overhead_meta, context=context,
-                       transposed_speed=t_rows, transposed_meta=t_meta, transposed_variance=t_ratios), f, indent=1)
+                       pool=pool_rows, pool_overhead=pool_call_rows, overhead=overhead_rows, overhead_meta=overhead_meta, context=context,
+                       transposed_speed=t_rows, transposed_meta=t_meta, transposed_variance=t_ratios,
+                       transposed_draws=t_draws), f, indent=1)
     print(text)
     print(f"wrote {args.out}/report.md, results.json and {len(pics)} pictures")
 

@@ -17,7 +17,8 @@ from strideconv.functional import conv_transpose2d
 from strideconv.metrics import phase_energy_ratio
 
 from common import (
-    CORRECTIONS, Timer, count_and_variance_figure, fmt, interleaved_medians, keep_freed_memory, peak_memory, tqdm,
+    CORRECTIONS, count_and_variance_figure, fmt, keep_freed_memory, one_thread, paired_rounds,
+    peak_memory, per_call_clock, round_calls, tqdm,
 )
 
 # name, in, out, kernel, stride, padding, output padding, input size
@@ -41,6 +42,7 @@ def make_variants(x, w, b, s, p, a, factor_map):
 
     calls = {
         PLAIN: lambda: F.conv_transpose2d(x, w, b, s, p, a),
+        "control": lambda: F.conv_transpose2d(x, w, b, s, p, a),  # A/A: how far from 1.00 noise alone reads
         PLAIN_OPS: lambda: F.conv_transpose2d(x, w, None, s, p, a) * factor_map + bias_view,
     }
     calls.update({c: (lambda c: lambda: conv_transpose2d(x, w, b, s, p, a, correction=c))(c) for c in CORRECTIONS})
@@ -60,14 +62,22 @@ def make_variants(x, w, b, s, p, a, factor_map):
     return {k: train_step(f) for k, f in calls.items()}, {k: fwd_only(f) for k, f in calls.items()}
 
 
+ROUND_S = 0.05  # on CPU, each variant's calls in a round last at least this long
+
+
 def speed_table(device, quick):
+    """fwd+bwd and forward time of every variant on every shape against F.conv_transpose2d, as the
+    convolution's speed suite times them: shuffled paired rounds, the ratio of the medians, the
+    quartiles of the per-round ratios, an A/A control per shape; on CPU one thread, thread CPU
+    time, as many calls per round as last ROUND_S."""
     cuda = device.startswith("cuda")
     kept = False if cuda else keep_freed_memory()
     batch = (8 if quick else 32) if cuda else (1 if quick else 4)
-    rounds, reps = (3, 2) if quick else ((15, 10) if cuda else (15, 3))
+    rounds = 3 if quick else (15 if cuda else 21)
     modes = [("float32", False)] + ([("bf16 autocast", True)] if cuda else [])
     shapes = [SHAPES[1], SHAPES[4]] if quick else SHAPES
-    timer, rows = Timer(device), []
+    clock, rows = per_call_clock(device), []
+
     for dtype_name, autocast in modes:
         for name, cin, cout, k, s, p, a, size in tqdm(shapes, desc=f"transposed {dtype_name}", file=sys.stdout):
             gen = torch.Generator().manual_seed(0)
@@ -77,20 +87,22 @@ def speed_table(device, quick):
             factor_map = strideconv.transposed_factors((size, size), k, s, p, a).position
             factor_map = factor_map.to(device, torch.bfloat16 if autocast else torch.float32)
             ctx = torch.autocast(device.split(":")[0], torch.bfloat16) if autocast else nullcontext()
-            with ctx:
+            with ctx, one_thread(enabled=not cuda):
                 train, fwd = make_variants(x, w, b, s, p, a, factor_map)
-                med = interleaved_medians(train, fwd, timer, range(rounds), reps)
+                rt = paired_rounds(train, PLAIN, clock, rounds, round_calls(train[PLAIN], clock, cuda, quick, ROUND_S))
+                rf = paired_rounds(fwd, PLAIN, clock, rounds, round_calls(fwd[PLAIN], clock, cuda, quick, ROUND_S), seed=1)
                 memory = peak_memory(train, device, PLAIN) if cuda else {}
             for n in train:
                 rows.append(dict(
                     shape=name, dtype=dtype_name, batch=batch, variant=n,
-                    train_s=med[("train", n)], fwd_s=med[("fwd", n)],
-                    train_ratio=med[("train", n)] / med[("train", PLAIN)],
-                    fwd_ratio=med[("fwd", n)] / med[("fwd", PLAIN)],
-                    vs_plain_ops=med[("train", n)] / med[("train", PLAIN_OPS)],
+                    train_s=rt[n]["median"], fwd_s=rf[n]["median"],
+                    train_ratio=rt[n]["ratio"], train_q1=rt[n]["ratio_q1"], train_q3=rt[n]["ratio_q3"],
+                    fwd_ratio=rf[n]["ratio"], fwd_q1=rf[n]["ratio_q1"], fwd_q3=rf[n]["ratio_q3"],
+                    vs_plain_ops=rt[n]["median"] / rt[PLAIN_OPS]["median"],
                     peak_mem_ratio=memory.get(n),
                 ))
-    return rows, dict(batch=batch, rounds=rounds, reps=reps, malloc_kept=kept)
+    return rows, dict(batch=batch, rounds=rounds, malloc_kept=kept,
+                      clock="CUDA events" if cuda else "thread CPU time, one thread")
 
 
 def output_variance_map(k, s, p, a, size, correction, draws, device):
@@ -148,15 +160,20 @@ def report_section(rows, meta, pics, ratios, draws) -> List[str]:
               f"{r['mean_var_over_stride1']:.3f} |" for r in ratios]
     lines += [""] + [f"![{p}]({p})" for p in pics] + [
         "", "### Speed and memory", "",
-        f"Batch {meta['batch']}; medians of {meta['rounds']} interleaved rounds of {meta['reps']} calls each; "
+        f"Batch {meta['batch']}; {meta.get('clock', 'wall clock')}; {meta['rounds']} shuffled paired rounds "
+        f"(on CPU as many calls per round as last {ROUND_S} s); the ratio of the medians, with the quartiles of the "
+        "per-round ratios; `control` is `F.conv_transpose2d` timed against itself; "
         "fwd+bwd computes the input, weight and bias gradients of the layer followed by a ReLU (the gradient "
         "reaches the layer as in training: a fresh tensor). Ratios are to `F.conv_transpose2d` in the same "
         "run; `vs plain ops` is the fwd+bwd time over that of `plain ops` (F.conv_transpose2d, times a "
         "precomputed position factor map, plus the bias: the normalisation written by hand). Peak memory: "
         "CUDA allocator peak during fwd+bwd relative to F.conv_transpose2d (not measured on CPU).", "",
-        "| shape | dtype | variant | fwd+bwd ms | fwd+bwd ratio | fwd ratio | vs plain ops | peak mem ratio |",
+        "| shape | dtype | variant | fwd+bwd ms | fwd+bwd ratio (quartiles) | fwd ratio (quartiles) | vs plain ops "
+        "| peak mem ratio |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {r['shape']} | {r['dtype']} | {r['variant']} | {r['train_s'] * 1e3:.3f} | {r['train_ratio']:.3f} | "
-              f"{r['fwd_ratio']:.3f} | {r['vs_plain_ops']:.3f} | {fmt(r['peak_mem_ratio'], 3)} |" for r in rows]
+    lines += [f"| {r['shape']} | {r['dtype']} | {r['variant']} | {r['train_s'] * 1e3:.3f} | {r['train_ratio']:.3f} "
+              f"({fmt(r.get('train_q1'), 3)}-{fmt(r.get('train_q3'), 3)}) | {r['fwd_ratio']:.3f} "
+              f"({fmt(r.get('fwd_q1'), 3)}-{fmt(r.get('fwd_q3'), 3)}) | {r['vs_plain_ops']:.3f} | "
+              f"{fmt(r['peak_mem_ratio'], 3)} |" for r in rows]
     return lines

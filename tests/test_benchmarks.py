@@ -242,8 +242,13 @@ def test_benchmark_quick_run(tmp_path):
     assert 0.8 < fixed["var_dx"] / fixed["kaiming"] < 1.2
     assert {r["variant"] for r in results["speed"]} >= {"F.conv2d", "hook", "none", "map", "kernel", "position"}
     assert "## Average pooling" in report
-    assert {r["variant"] for r in results["pool"]} == {"F.avg_pool2d", "none", "map", "kernel", "position"}
-    assert all(r["train_s"] > 0 for r in results["pool"])
+    assert {r["variant"] for r in results["pool"]} == {"F.avg_pool2d", "control", "none", "map", "kernel", "position"}
+    assert all(r["train_s"] > 0 and r["train_q1"] <= r["train_q3"] for r in results["pool"])
+    pool_calls = {r["variant"]: r for r in results["pool_overhead"]}
+    assert set(pool_calls) == {"nn.AvgPool2d", "nn.AvgPool2d (control)"} | {
+        f"strideconv.AvgPool2d {c}" for c in ("none", "map", "kernel", "position")}
+    assert pool_calls["nn.AvgPool2d"]["train_extra_us"] == 0 and all(r["train_us"] > 0 for r in pool_calls.values())
+    assert "## Per-call overhead of pooling" in report
     assert "## Per-call overhead" in report
     overhead = {r["variant"]: r for r in results["overhead"]}
     assert set(overhead) == {"F.conv2d", "F.conv2d (control)", "hook", "none", "map", "kernel", "position",
@@ -260,7 +265,8 @@ def test_benchmark_quick_run(tmp_path):
     assert ratios[("k3 s2 p1 a1", "F.conv_transpose2d")]["phase_ratio_interior"] > 3
     assert ratios[("k3 s2 p1 a1", 'correction="position"')]["phase_ratio_interior"] < 1.3
     assert {r["variant"] for r in results["transposed_speed"]} == {
-        "F.conv_transpose2d", "plain ops", "none", "map", "kernel", "position"}
+        "F.conv_transpose2d", "control", "plain ops", "none", "map", "kernel", "position"}
+    assert all(r["train_q1"] <= r["train_q3"] for r in results["transposed_speed"])
     assert "## Transposed convolutions" in report and "## Decoder study" in report
 
 
