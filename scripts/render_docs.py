@@ -37,7 +37,11 @@ def _merged(loaded: list) -> dict:
 
 def _source(path: str, meta: dict, doc_dir: str, root: str) -> str:
     link = os.path.relpath(os.path.join(root, os.path.dirname(path)), doc_dir)
-    commit = (meta.get("commit") or "no commit recorded")[:12] + (" (uncommitted changes)" if meta.get("dirty") else "")
+    if not meta.get("commit"):  # an older record: what is known of it is in its folder's README
+        notes = os.path.relpath(os.path.join(root, os.path.dirname(os.path.dirname(path)), "README.md"), doc_dir)
+        return (f"Record: [{os.path.dirname(path)}]({link}/) ({meta['date']}, `{meta['command']}`; written before "
+                f"records named their commit: see [what is known of it]({notes})).")
+    commit = meta["commit"][:12] + (" (uncommitted changes)" if meta.get("dirty") else "")
     return (f"Record: [{os.path.dirname(path)}]({link}/) (commit {commit}, {meta['date']}, "
             f"`{meta['command']}`).")
 
@@ -130,7 +134,263 @@ def overhead(data: dict) -> list:
     return lines
 
 
-RENDERERS = {"models": models, "mode_cost": mode_cost, "steps": steps, "speed": speed, "overhead": overhead}
+def gpu_speed(data: dict) -> list:
+    """An older GPU record's speed table (one run, no quartiles or control recorded): fwd+bwd over
+    F.conv2d, float32, contiguous."""
+    m = data["speed_meta"]
+    variants = ["none", "map", "kernel", "position", "hook"]
+    cells = {(r["shape"], r["variant"]): r for r in data["speed"]
+             if r["dtype"] == "float32" and r["layout"] == "contiguous"}
+    lines = [f"fwd+bwd time over `F.conv2d`'s, float32, batch {m['batch']}: ratio of the medians of {m['rounds']} "
+             f"interleaved rounds of {m['reps']} calls (CUDA events), one run; `hook`: `F.conv2d` with a tensor hook "
+             "multiplying the input gradient by the position factor map.", "",
+             "| layer | " + " | ".join(f"`{v}`" for v in variants) + " |", "|---|" + "---|" * len(variants)]
+    for shape in dict.fromkeys(r["shape"] for r in data["speed"]):
+        lines.append(f"| {shape} | " + " | ".join(f"{cells[(shape, v)]['train_ratio']:.3f}" for v in variants) + " |")
+    return lines
+
+
+def _ratio_cell(r: dict) -> str:
+    return f"{r['train_ratio']:.3f} ({r['train_q1']:.2f}-{r['train_q3']:.2f})"
+
+
+def pool(data: dict) -> list:
+    """run.py's pooling table: fwd+bwd over F.avg_pool2d, with quartiles and the A/A control."""
+    rows = data["pool"]
+    variants = ["control", "none", "map", "kernel", "position"]
+    cells = {(r["shape"], r["variant"]): r for r in rows}
+    lines = [f"fwd+bwd time over `F.avg_pool2d`'s (with the input gradient): median of {rows[0]['rounds']} shuffled "
+             f"rounds (thread CPU time, one thread, batch {rows[0]['batch']}), with the quartiles of the per-round "
+             "ratios; control: `F.avg_pool2d` against itself.", "",
+             "| pooling | " + " | ".join(f"`{v}`" if v != "control" else v for v in variants) + " |",
+             "|---|" + "---|" * len(variants)]
+    for shape in dict.fromkeys(r["shape"] for r in rows):
+        lines.append(f"| {shape} | " + " | ".join(_ratio_cell(cells[(shape, v)]) for v in variants) + " |")
+    return lines
+
+
+def pool_call(data: dict) -> list:
+    """run.py's per-call pooling table: microseconds per call over nn.AvgPool2d."""
+    rows = data["pool_overhead"]
+    lines = [f"Extra microseconds per call over `nn.AvgPool2d` (a 1x1x6x6 input, 2x2/2): median of the per-round "
+             f"differences over {rows[0]['rounds']} shuffled rounds of {rows[0]['reps']} calls (thread CPU time, one "
+             "thread), with the quartiles; control: `nn.AvgPool2d` against itself.", "",
+             "| module | fwd (no_grad) [quartiles] | fwd+bwd [quartiles] |", "|---|---|---|"]
+    for r in rows:
+        if r["variant"] == "nn.AvgPool2d":
+            continue
+        lines.append(f"| {r['variant']} | {r['fwd_extra_us']:+.2f} [{r['fwd_extra_q1_us']:+.2f}, "
+                     f"{r['fwd_extra_q3_us']:+.2f}] | {r['train_extra_us']:+.2f} [{r['train_extra_q1_us']:+.2f}, "
+                     f"{r['train_extra_q3_us']:+.2f}] |")
+    plain = next(r for r in rows if r["variant"] == "nn.AvgPool2d")
+    return lines + [f"| (`nn.AvgPool2d` itself: {plain['fwd_us']:.1f} us fwd, {plain['train_us']:.1f} us fwd+bwd) | | |"]
+
+
+def transposed(data: dict) -> list:
+    """run.py's transposed table: fwd+bwd over F.conv_transpose2d, with quartiles and the control."""
+    m, rows = data["transposed_meta"], [r for r in data["transposed_speed"] if r["dtype"] == "float32"]
+    variants = ["control", "none", "position", "kernel", "map", "plain ops"]
+    cells = {(r["shape"], r["variant"]): r for r in rows}
+    lines = [f"fwd+bwd time (the layer, then a ReLU) over `F.conv_transpose2d`'s: median of {m['rounds']} shuffled "
+             f"rounds ({m['clock']}, batch {m['batch']}), with the quartiles of the per-round ratios; control: "
+             "`F.conv_transpose2d` against itself; `plain ops`: `F.conv_transpose2d` times a precomputed position "
+             "factor map, plus the bias.", "",
+             "| layer | " + " | ".join(f"`{v}`" if v not in ("control", "plain ops") else v for v in variants) + " |",
+             "|---|" + "---|" * len(variants)]
+    for shape in dict.fromkeys(r["shape"] for r in rows):
+        lines.append(f"| {shape} | " + " | ".join(_ratio_cell(cells[(shape, v)]) for v in variants) + " |")
+    return lines
+
+
+_SETTINGS = {"mnist1d-cnn": "MNIST-1D CNN, Adam", "digits8-cnn": "8x8 digits CNN, Adam",
+             "digits28-cnn": "28x28 digits CNN, Adam", "deep28-cnn": "12-layer CNN, SGD",
+             "fixup28-resnet": "Fixup ResNet, SGD"}
+
+
+def _train_table(data: dict, columns: list, at_plain_lr: bool, spread: bool) -> list:
+    """The training study's test accuracy, a row per setting and a column per variant: mean over
+    the seeds (± std where ``spread``), and in bold the paired difference to plain with the same
+    init where its 95% t-interval excludes 0; "does not train" where the variant's validation
+    accuracy is the same at every learning rate of the grid (chance everywhere)."""
+    sys.path.insert(0, os.path.join(ROOT, "studies"))
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from training_report import Study, trains_nowhere
+
+    st = Study(data)
+    variants = {v["name"]: v for v in st.variants}
+    lines = []
+    for setting in st.settings:
+        cells = []
+        for name in columns:
+            v = variants[name]
+            if v["init"] not in setting["inits"]:
+                cells.append("–")
+                continue
+            c = st.comparison(setting["name"], v, at_reference_lr=at_plain_lr and v["correction"] is not None)
+            mean, sd = c["acc"]
+            cell = f"{mean:.1f} ± {sd:.1f}" if spread else f"{mean:.1f}"
+            if "delta" in c and abs(c["delta"][0]) > c["delta"][1]:
+                cell += f" (**{c['delta'][0]:+.1f}**)"
+            if trains_nowhere(st.means[setting["name"]][name]):
+                cell += ", does not train"
+            cells.append(cell)
+        lines.append(f"| {_SETTINGS.get(setting['name'], setting['name'])} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _train_header(columns: list, intro: str) -> list:
+    return [intro, "", "| setting | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+
+
+def train_default(data: dict) -> list:
+    """Test accuracy from the default init, each variant at its own best learning rate."""
+    columns = ["plain", "position", "kernel", "map", "position p=1"]
+    seeds = len(data["results"][0]["final_acc"])
+    return _train_header(columns, f"Test accuracy %, mean ± std over {seeds} seeds, each variant at the learning rate "
+                                  "of its best mean validation accuracy; bold: the paired difference to `plain` "
+                                  "where its 95% interval excludes 0.") + _train_table(data, columns, False, True)
+
+
+def train_inits(data: dict) -> list:
+    """Test accuracy from Kaiming and stride-aware init, each at its own best learning rate."""
+    columns = ["plain · kaiming", "position · kaiming", "plain · stride init", "position · stride init",
+               "kernel · stride init", "map · stride init"]
+    seeds = len(data["results"][0]["final_acc"])
+    return _train_header(columns, f"Test accuracy %, mean ± std over {seeds} seeds, each variant at its own best "
+                                  "learning rate; bold: the paired difference to `plain` with the same init (plain "
+                                  "rows: to `plain` from the default init) where its 95% interval excludes 0.") \
+        + _train_table(data, columns, False, True)
+
+
+def train_swap(data: dict) -> list:
+    """Each correction at the learning rate chosen for plain with the same init."""
+    columns = ["position", "kernel", "map", "position p=1", "position · kaiming", "position · stride init",
+               "kernel · stride init", "map · stride init"]
+    seeds = len(data["results"][0]["final_acc"])
+    return _train_header(columns, f"Mean test accuracy % over {seeds} seeds at `plain`'s learning rate (same init); "
+                                  "bold: the paired difference to `plain` where its 95% interval excludes 0.") \
+        + _train_table(data, columns, True, False)
+
+
+def transposed_variance(data: dict) -> list:
+    """run.py's output variance of transposed convolutions at random init: the stride-phase
+    energy ratio of the standard deviation map and the mean variance over a stride-1 layer's."""
+    ratios = data["transposed_variance"]
+    lines = ["Output variance at random initialisation (input and weight N(0, 1), 3 input channels, no bias), over "
+             f"{data['transposed_draws']} draws: stride-phase energy ratio of the standard deviation map "
+             "(1.00: every phase alike) inside the border and over the whole output, and the mean variance over that "
+             "of a stride-1 layer with the same number of taps.", "",
+             "| geometry | variant | phase ratio, interior | phase ratio, whole output | mean Var / stride-1 |",
+             "|---|---|---|---|---|"]
+    return lines + [f"| {r['geometry']} | {r['variant']} | {r['phase_ratio_interior']:.2f} | {r['phase_ratio_all']:.2f} "
+                    f"| {r['mean_var_over_stride1']:.2f} |" for r in ratios]
+
+
+def _stat_cell(entry: dict, digits: int) -> str:
+    """A study's per-variant statistic (studies' records): the median over the seeds, then either
+    the median ratio to plain with its 95% interval (``factor``) or the mean paired difference to
+    plain with its 95% t-interval (``diff``)."""
+    cell = f"{entry['median']:.{digits}f}"
+    if "factor" in entry:
+        return cell + f" (x{entry['factor']:.2f} [{entry['low']:.2f}, {entry['high']:.2f}])"
+    if "diff" in entry:
+        d, h = entry["diff"], entry["half_width"]
+        return cell + f" ({d:+.{digits}f} [{d - h:+.{digits}f}, {d + h:+.{digits}f}])"
+    return cell
+
+
+def _variant_table(first: str, variants: list, rows: list) -> list:
+    return ["| " + first + " | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)] + rows
+
+
+def image_gradients(data: dict) -> list:
+    """The image-gradient study: stride-2 / stride-4 phase energy ratio of each method's map."""
+    lines = [f"Stride-2 / stride-4 phase energy ratio of the maps (1.0: no pattern), median over {len(data['seeds'])} "
+             "seeds; in brackets the stride-2 ratio over plain's: the median of the per-seed ratios with its 95% "
+             "interval.", ""]
+    rows = []
+    for method, stats in data["stats"].items():
+        cells = []
+        for v in data["variants"]:
+            p2, p4 = stats["phase2"][v], stats["phase4"][v]
+            ratio = f" (x{p2['factor']:.2f} [{p2['low']:.2f}, {p2['high']:.2f}])" if "factor" in p2 else ""
+            cells.append(f"{p2['median']:.3g} / {p4['median']:.3g}{ratio}")
+        rows.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines + _variant_table("map of", data["variants"], rows)
+
+
+def attack_success(data: dict) -> list:
+    """The image-gradient study's PGD attacks: the share of test images each attack turns."""
+    lines = [f"Attack success % (images whose label the attack changes), median over {len(data['seeds'])} seeds; in "
+             "brackets the mean paired difference to plain with its 95% t-interval.", ""]
+    rows = [f"| {attack} | " + " | ".join(_stat_cell(data["stats"][attack]["success"][v], 1) for v in data["variants"])
+            + " |" for attack in data["stats"] if "success" in data["stats"][attack]]
+    return lines + _variant_table("attack", data["variants"], rows)
+
+
+def attribution_floors(data: dict) -> list:
+    """The attribution study's reference points: random rankings and the networks' accuracy."""
+    f, records = data["floors"], data["records"]
+    acc = [100 * r["accuracy"] for r in records]
+    canvas = [100 * r["canvas_accuracy"] for r in records]
+    return ["| reference (over the seeds) | value |", "|---|---|",
+            f"| random ranking: deletion AUC, to zeros / to blur | {f['deletion|zeros|random']:.3f} / "
+            f"{f['deletion|blurred|random']:.3f} |",
+            f"| random ranking: insertion AUC, from zeros / from blur | {f['insertion|zeros|random']:.3f} / "
+            f"{f['insertion|blurred|random']:.3f} |",
+            f"| random attribution: pointing score | {f['pointing|random']:.3f} |",
+            f"| digit network, test accuracy % (min-max) | {min(acc):.1f}-{max(acc):.1f} |",
+            f"| canvas network, test accuracy % (min-max) | {min(canvas):.1f}-{max(canvas):.1f} |"]
+
+
+def faithfulness(data: dict) -> list:
+    """The attribution study: deletion to a blurred image and insertion from zeros, per method."""
+    lines = [f"Area under the deletion (to a blurred image; lower is more faithful) and insertion (from zeros; higher "
+             f"is more faithful) curves, median over {len(data['seeds'])} seeds; in brackets the mean paired "
+             "difference to plain with its 95% t-interval.", ""]
+    rows = [f"| {method}, {label} | " + " | ".join(_stat_cell(data["stats"][f"{key}|{method}"][v], 3)
+                                                   for v in data["variants"]) + " |"
+            for method in data["methods"] for key, label in (("deletion|blurred", "deletion to blur"),
+                                                              ("insertion|zeros", "insertion from zeros"))]
+    return lines + _variant_table("method, measure", data["variants"], rows)
+
+
+def pointing(data: dict) -> list:
+    """The attribution study's pointing game on the canvas task."""
+    lines = [f"Pointing score (the share of the positive attribution inside the digit's ink box), median over "
+             f"{len(data['seeds'])} seeds; in brackets the mean paired difference to plain with its 95% t-interval.",
+             ""]
+    rows = [f"| {method} | " + " | ".join(_stat_cell(data["stats"][f"pointing|{method}"][v], 3)
+                                          for v in data["variants"]) + " |" for method in data["methods"]]
+    return lines + _variant_table("method", data["variants"], rows)
+
+
+def _optimisation(data: dict, task: str, objective: str, digits: int) -> list:
+    stats = data["stats"][task]
+    columns = [("objective@50", f"{objective} at step 50", digits), ("objective@200", "at step 200", digits),
+               ("scorer", "judge confidence", 2), ("spectrum_distance", "spectrum distance", 2),
+               ("change_phase2", "stride-2 pattern of the change", 2)]
+    lines = [f"Median over {len(data['seeds'])} seeds; in brackets the mean paired difference to plain with its 95% "
+             "t-interval (the pattern: the median ratio to plain with its 95% interval).", "",
+             f"| {task} | " + " | ".join(c[1] for c in columns) + " |", "|---|" + "---|" * len(columns)]
+    return lines + [f"| {m} | " + " | ".join(_stat_cell(stats[key][m], d) for key, _, d in columns) + " |"
+                    for m in data["methods"]]
+
+
+def feature_visualisation(data: dict) -> list:
+    """The image-optimisation study's feature visualisation (gradient ascent on a logit)."""
+    return _optimisation(data, "feature visualisation", "logit", 1)
+
+
+def model_inversion(data: dict) -> list:
+    """The image-optimisation study's model inversion (Adam on a log-probability)."""
+    return _optimisation(data, "model inversion", "log-prob", 2)
+
+
+RENDERERS = {"attribution_floors": attribution_floors, "image_gradients": image_gradients, "attack_success": attack_success, "faithfulness": faithfulness, "pointing": pointing,
+             "feature_visualisation": feature_visualisation, "model_inversion": model_inversion,
+             "transposed_variance": transposed_variance, "train_default": train_default, "train_inits": train_inits, "train_swap": train_swap, "models": models, "mode_cost": mode_cost, "steps": steps, "speed": speed, "overhead": overhead,
+             "gpu_speed": gpu_speed, "pool": pool, "pool_call": pool_call, "transposed": transposed}
 
 
 def render(text: str, doc_path: str, root: str) -> str:
