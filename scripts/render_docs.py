@@ -134,6 +134,21 @@ def overhead(data: dict) -> list:
     return lines
 
 
+def variance(data: dict) -> list:
+    """run.py's gradient-variance table for one strided layer (c=3, k=4): Var[y] and Var[dx],
+    plain and with ``position``, per stride, over the record's draws."""
+    setting = "1 layer, c=3, k=4, image 100"
+    rows = [r for r in data["variance"] if r["setting"] == setting]
+    cells = {(r["stride"], r["variant"]): r for r in rows}
+    lines = [f"Mean square over {data['draws']} draws and every position (no padding).", "",
+             "| stride | Var[y] | Var[dx], `F.conv2d` | Var[dx], `correction=\"position\"` |", "|---|---|---|---|"]
+    for stride in dict.fromkeys(r["stride"] for r in rows):
+        plain, fixed = cells[(stride, "F.conv2d")], cells.get((stride, "position"))
+        lines.append(f"| {stride} | {plain['var_y']:.2f} | {plain['var_dx']:.2f} | "
+                     f"{fixed['var_dx'] if fixed is None else format(fixed['var_dx'], '.2f')} |")
+    return lines
+
+
 def gpu_speed(data: dict) -> list:
     """An older GPU record's speed table (one run, no quartiles or control recorded): fwd+bwd over
     F.conv2d, float32, contiguous."""
@@ -387,7 +402,7 @@ def model_inversion(data: dict) -> list:
     return _optimisation(data, "model inversion", "log-prob", 2)
 
 
-RENDERERS = {"attribution_floors": attribution_floors, "image_gradients": image_gradients, "attack_success": attack_success, "faithfulness": faithfulness, "pointing": pointing,
+RENDERERS = {"variance": variance, "attribution_floors": attribution_floors, "image_gradients": image_gradients, "attack_success": attack_success, "faithfulness": faithfulness, "pointing": pointing,
              "feature_visualisation": feature_visualisation, "model_inversion": model_inversion,
              "transposed_variance": transposed_variance, "train_default": train_default, "train_inits": train_inits, "train_swap": train_swap, "models": models, "mode_cost": mode_cost, "steps": steps, "speed": speed, "overhead": overhead,
              "gpu_speed": gpu_speed, "pool": pool, "pool_call": pool_call, "transposed": transposed}
