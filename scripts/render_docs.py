@@ -343,6 +343,31 @@ def attack_success(data: dict) -> list:
     return lines + _variant_table("attack", data["variants"], rows)
 
 
+def gan(data: dict) -> list:
+    """The GAN study: per discriminator, the samples' measures plain and corrected (mean ± std over
+    the seeds) and the paired difference, corrected minus plain, with its 95% t-interval."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from common import mean_std, t_interval
+
+    metrics = [("harmonic_rel", "harmonic / real", 2), ("confidence", "confidence", 3),
+               ("label_entropy", "label entropy", 2), ("nn_distance", "NN distance", 2)]
+    runs = {(r["kernel"], r["corrected"], r["seed"]): r for r in data["records"]}
+    seeds = sorted({r["seed"] for r in data["records"]})
+    lines = [f"Mean ± std over {len(seeds)} seeds (the same seeds for both variants); the paired difference "
+             "`position` minus plain with its 95% t-interval.", "",
+             "| discriminator | variant | " + " | ".join(m[1] for m in metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    for kernel in sorted({r["kernel"] for r in data["records"]}):
+        for corrected, name in ((False, "plain"), (True, "`position`")):
+            cells = [mean_std([runs[(kernel, corrected, sd)][m] for sd in seeds]) for m, _, _ in metrics]
+            lines.append(f"| {kernel}x{kernel}/2 | {name} | " + " | ".join(
+                f"{c[0]:.{d}f} ± {c[1]:.{d}f}" for c, (_, _, d) in zip(cells, metrics)) + " |")
+        diffs = [[runs[(kernel, True, sd)][m] - runs[(kernel, False, sd)][m] for sd in seeds] for m, _, _ in metrics]
+        lines.append(f"| {kernel}x{kernel}/2 | difference | " + " | ".join(
+            f"{sum(x) / len(x):+.{d}f} [{sum(x) / len(x) - t_interval(x):+.{d}f}, {sum(x) / len(x) + t_interval(x):+.{d}f}]"
+            for x, (_, _, d) in zip(diffs, metrics)) + " |")
+    return lines
+
+
 def attribution_floors(data: dict) -> list:
     """The attribution study's reference points: random rankings and the networks' accuracy."""
     f, records = data["floors"], data["records"]
@@ -402,7 +427,7 @@ def model_inversion(data: dict) -> list:
     return _optimisation(data, "model inversion", "log-prob", 2)
 
 
-RENDERERS = {"variance": variance, "attribution_floors": attribution_floors, "image_gradients": image_gradients, "attack_success": attack_success, "faithfulness": faithfulness, "pointing": pointing,
+RENDERERS = {"variance": variance, "gan": gan, "attribution_floors": attribution_floors, "image_gradients": image_gradients, "attack_success": attack_success, "faithfulness": faithfulness, "pointing": pointing,
              "feature_visualisation": feature_visualisation, "model_inversion": model_inversion,
              "transposed_variance": transposed_variance, "train_default": train_default, "train_inits": train_inits, "train_swap": train_swap, "models": models, "mode_cost": mode_cost, "steps": steps, "speed": speed, "overhead": overhead,
              "gpu_speed": gpu_speed, "pool": pool, "pool_call": pool_call, "transposed": transposed}
