@@ -257,6 +257,25 @@ def _train_header(columns: list, intro: str) -> list:
     return [intro, "", "| setting | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
 
 
+def train_profile(data: dict) -> list:
+    """The 12-layer net's input-gradient RMS per layer at initialisation, relative to the last
+    layer's (the study's own measure, mean over the seeds): the first layer's value and the range
+    over the layers below the last."""
+    sys.path.insert(0, os.path.join(ROOT, "studies"))
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from training_report import Study, relative_profile
+
+    st = Study(data)
+    setting = next(s for s in st.settings if s["name"] == "deep28-cnn")
+    lines = [f"Input-gradient RMS of each convolution of the 12-layer CNN at initialisation, over the last one's "
+             f"(Kaiming's analysis intends 1 everywhere), mean over {len(data['results'][0]['final_acc'])} seeds.", "",
+             "| variant | first layer | range over the layers below the last |", "|---|---|---|"]
+    for name in st.names(setting):
+        profile = relative_profile(st.row(setting["name"], name)["grad_rms_init"])[:-1]
+        lines.append(f"| {name} | {profile[0]:.2f} | {min(profile):.2f}-{max(profile):.2f} |")
+    return lines
+
+
 def train_default(data: dict) -> list:
     """Test accuracy from the default init, each variant at its own best learning rate."""
     columns = ["plain", "position", "kernel", "map", "position p=1"]
@@ -427,7 +446,7 @@ def model_inversion(data: dict) -> list:
     return _optimisation(data, "model inversion", "log-prob", 2)
 
 
-RENDERERS = {"variance": variance, "gan": gan, "attribution_floors": attribution_floors, "image_gradients": image_gradients, "attack_success": attack_success, "faithfulness": faithfulness, "pointing": pointing,
+RENDERERS = {"train_profile": train_profile, "variance": variance, "gan": gan, "attribution_floors": attribution_floors, "image_gradients": image_gradients, "attack_success": attack_success, "faithfulness": faithfulness, "pointing": pointing,
              "feature_visualisation": feature_visualisation, "model_inversion": model_inversion,
              "transposed_variance": transposed_variance, "train_default": train_default, "train_inits": train_inits, "train_swap": train_swap, "models": models, "mode_cost": mode_cost, "steps": steps, "speed": speed, "overhead": overhead,
              "gpu_speed": gpu_speed, "pool": pool, "pool_call": pool_call, "transposed": transposed}
