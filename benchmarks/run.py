@@ -149,6 +149,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few draws, small shapes")
     parser.add_argument("--out", default=None, help="the record's folder (default: a new one under out/)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds of the speed, pooling and transposed tables (default 21 on CPU, 15 on a GPU)")
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=["variance", "pictures", "speed", "pool", "overhead", "transposed"])
     args = parser.parse_args(argv)
@@ -159,16 +161,16 @@ def main(argv=None):
     meta = describe(args.device, "benchmarks/run.py", argv)
     var_rows, draws = variance.variance_table(args.device, args.quick) if "variance" not in args.skip else ([], 0)
     pics = variance.pictures(args.out, args.device, args.quick) if "pictures" not in args.skip else []
-    speed_rows, speed_meta = (speed.speed_suite(args.device, args.quick) if "speed" not in args.skip
+    speed_rows, speed_meta = (speed.speed_suite(args.device, args.quick, args.rounds) if "speed" not in args.skip
                               else ([], dict(batch=0, rounds=0, reps=0)))
-    pool_rows = speed.pool_table(args.device, args.quick) if "pool" not in args.skip else []
+    pool_rows = speed.pool_table(args.device, args.quick, args.rounds) if "pool" not in args.skip else []
     overhead_rows, overhead_meta = (speed.overhead_table(args.device, args.quick) if "overhead" not in args.skip
                                     else ([], None))
     context = speed.context_overhead(args.device, args.quick) if "overhead" not in args.skip else None
     pool_call_rows = speed.pool_overhead(args.device, args.quick) if "pool" not in args.skip else []
     if "transposed" not in args.skip:
         t_pics, t_ratios, t_draws = transposed.variance_pictures(args.out, args.device, args.quick)
-        t_rows, t_meta = transposed.speed_table(args.device, args.quick)
+        t_rows, t_meta = transposed.speed_table(args.device, args.quick, args.rounds)
     lines = [
         "# strideconv benchmark report", "",
         *meta_lines(meta), "",

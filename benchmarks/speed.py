@@ -71,14 +71,14 @@ ROUND_S = 0.05  # on CPU, each variant's calls in a round last at least this lon
 CONTROL_TOLERANCE = 0.02  # a shape whose control strays further is flagged
 
 
-def speed_suite(device, quick):
+def speed_suite(device, quick, rounds=None):
     """fwd+bwd and forward time of every variant on every shape against F.conv2d, in shuffled
     interleaved rounds (common.paired_rounds): medians, the ratio of the medians, the quartiles of
     the per-round ratios, and an A/A control per shape. On CPU: one thread, thread CPU time."""
     cuda = device.startswith("cuda")
     kept = False if cuda else keep_freed_memory()
     batch = (8 if quick else 32) if cuda else (1 if quick else 2)
-    rounds = 3 if quick else (15 if cuda else 21)
+    rounds = rounds or (3 if quick else (15 if cuda else 21))
     clock = per_call_clock(device)
     modes = [("float32", False, torch.contiguous_format)]
     if cuda:
@@ -137,7 +137,7 @@ POOLS = [
 ]
 
 
-def pool_table(device, quick):
+def pool_table(device, quick, rounds=None):
     """fwd+bwd time of strideconv.functional.avg_pool2d against F.avg_pool2d (the corrected
     backward applies a factor per input position as it writes the input gradient), timed as
     speed_suite times: shuffled paired rounds, quartiles of the per-round ratios, an A/A control
@@ -146,7 +146,7 @@ def pool_table(device, quick):
     if not cuda:
         keep_freed_memory()  # as speed_suite: no page faults that depend on the round
     batch = (8 if quick else 32) if cuda else (1 if quick else 2)
-    rounds = 3 if quick else (15 if cuda else 21)
+    rounds = rounds or (3 if quick else (15 if cuda else 21))
     clock, rows = per_call_clock(device), []
     for name, c, k, s, p, size in (POOLS[:1] if quick else POOLS):
         x = torch.randn(batch, c, size, size, generator=torch.Generator().manual_seed(0)).to(device)

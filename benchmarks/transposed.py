@@ -65,7 +65,20 @@ def make_variants(x, w, b, s, p, a, factor_map):
 ROUND_S = 0.05  # on CPU, each variant's calls in a round last at least this long
 
 
-def speed_table(device, quick):
+BAND = "band passes"  # position's in-place scaling of the output's border band, alone
+
+
+def _band_pass(x, w, b, k, s, p, a):
+    """One in-place pass of ``strideconv.scale_border_`` over a buffer of the layer's output size,
+    with the bias: what ``position`` adds to the plain layer in the forward (and once more, on
+    the output gradient, in the backward). The buffer holds zeros, which the pass keeps."""
+    with torch.no_grad():
+        out = torch.zeros_like(F.conv_transpose2d(x, w, b, s, p, a))
+    scale = torch.ops.strideconv.scale_border_
+    return lambda: scale(out, [k, k], [s, s], [p, p], [1, 1], 0.5, [a, a], b.detach())
+
+
+def speed_table(device, quick, rounds=None):
     """fwd+bwd and forward time of every variant on every shape against F.conv_transpose2d, as the
     convolution's speed suite times them: shuffled paired rounds, the ratio of the medians, the
     quartiles of the per-round ratios, an A/A control per shape; on CPU one thread, thread CPU
@@ -73,7 +86,7 @@ def speed_table(device, quick):
     cuda = device.startswith("cuda")
     kept = False if cuda else keep_freed_memory()
     batch = (8 if quick else 32) if cuda else (1 if quick else 4)
-    rounds = 3 if quick else (15 if cuda else 21)
+    rounds = rounds or (3 if quick else (15 if cuda else 21))
     modes = [("float32", False)] + ([("bf16 autocast", True)] if cuda else [])
     shapes = [SHAPES[1], SHAPES[4]] if quick else SHAPES
     clock, rows = per_call_clock(device), []
@@ -89,6 +102,9 @@ def speed_table(device, quick):
             ctx = torch.autocast(device.split(":")[0], torch.bfloat16) if autocast else nullcontext()
             with ctx, one_thread(enabled=not cuda):
                 train, fwd = make_variants(x, w, b, s, p, a, factor_map)
+                if not autocast:  # what position's band passes cost alone (its floor), fwd and fwd+bwd
+                    band = _band_pass(x, w, b, k, s, p, a)
+                    train[BAND], fwd[BAND] = (lambda: (band(), band())), band
                 rt = paired_rounds(train, PLAIN, clock, rounds, round_calls(train[PLAIN], clock, cuda, quick, ROUND_S))
                 rf = paired_rounds(fwd, PLAIN, clock, rounds, round_calls(fwd[PLAIN], clock, cuda, quick, ROUND_S), seed=1)
                 memory = peak_memory(train, device, PLAIN) if cuda else {}

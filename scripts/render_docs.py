@@ -206,11 +206,16 @@ def transposed(data: dict) -> list:
     m, rows = data["transposed_meta"], [r for r in data["transposed_speed"] if r["dtype"] == "float32"]
     variants = ["control", "none", "position", "kernel", "map", "plain ops"]
     cells = {(r["shape"], r["variant"]): r for r in rows}
+    band = any(r["variant"] == "band passes" for r in rows)
+    variants += ["band passes"] if band else []
     lines = [f"fwd+bwd time (the layer, then a ReLU) over `F.conv_transpose2d`'s: median of {m['rounds']} shuffled "
              f"rounds ({m['clock']}, batch {m['batch']}), with the quartiles of the per-round ratios; control: "
              "`F.conv_transpose2d` against itself; `plain ops`: `F.conv_transpose2d` times a precomputed position "
-             "factor map, plus the bias.", "",
-             "| layer | " + " | ".join(f"`{v}`" if v not in ("control", "plain ops") else v for v in variants) + " |",
+             "factor map, plus the bias." + (" `band passes`: two in-place passes of `scale_border_` over a buffer of "
+                                             "the output's size (what `position` adds on the weight path, forward "
+                                             "and backward), alone, as a share of the plain step." if band else ""), "",
+             "| layer | " + " | ".join(f"`{v}`" if v not in ("control", "plain ops", "band passes") else v for v in variants)
+             + " |",
              "|---|" + "---|" * len(variants)]
     for shape in dict.fromkeys(r["shape"] for r in rows):
         lines.append(f"| {shape} | " + " | ".join(_ratio_cell(cells[(shape, v)]) for v in variants) + " |")

@@ -265,7 +265,7 @@ def test_benchmark_quick_run(tmp_path):
     assert ratios[("k3 s2 p1 a1", "F.conv_transpose2d")]["phase_ratio_interior"] > 3
     assert ratios[("k3 s2 p1 a1", 'correction="position"')]["phase_ratio_interior"] < 1.3
     assert {r["variant"] for r in results["transposed_speed"]} == {
-        "F.conv_transpose2d", "control", "plain ops", "none", "map", "kernel", "position"}
+        "F.conv_transpose2d", "control", "plain ops", "none", "map", "kernel", "position", "band passes"}
     assert all(r["train_q1"] <= r["train_q3"] for r in results["transposed_speed"])
     assert "## Transposed convolutions" in report and "## Decoder study" in report
 
