@@ -392,6 +392,19 @@ def gan(data: dict) -> list:
     return lines
 
 
+def decoder(data: dict) -> list:
+    """The decoder study: each upsampler's stride-2 harmonic energy at initialisation and its
+    reconstruction error after training, mean ± std over the seeds."""
+    rows = data["rows"]
+    lines = [f"Mean ± std over {rows[0]['seeds']} seeds: the outputs' stride-2 harmonic energy ratio at "
+             f"initialisation (real digits: {data['real_harmonic']:.2f}) and after {data['epochs']} epochs, and the "
+             "test reconstruction MSE after training.", "",
+             "| upsampler | harmonic ratio at init | after training | MSE after training |", "|---|---|---|---|"]
+    return lines + [f"| {r['variant']} | {r['init_out_harmonic'][0]:.3g} ± {r['init_out_harmonic'][1]:.2g} | "
+                    f"{r['trained_out_harmonic'][0]:.3f} ± {r['trained_out_harmonic'][1]:.3f} | "
+                    f"{r['trained_mse'][0]:.2e} ± {r['trained_mse'][1]:.1e} |" for r in rows]
+
+
 def attribution_floors(data: dict) -> list:
     """The attribution study's reference points: random rankings and the networks' accuracy."""
     f, records = data["floors"], data["records"]
@@ -451,7 +464,7 @@ def model_inversion(data: dict) -> list:
     return _optimisation(data, "model inversion", "log-prob", 2)
 
 
-RENDERERS = {"train_profile": train_profile, "variance": variance, "gan": gan, "attribution_floors": attribution_floors, "image_gradients": image_gradients, "attack_success": attack_success, "faithfulness": faithfulness, "pointing": pointing,
+RENDERERS = {"decoder": decoder, "train_profile": train_profile, "variance": variance, "gan": gan, "attribution_floors": attribution_floors, "image_gradients": image_gradients, "attack_success": attack_success, "faithfulness": faithfulness, "pointing": pointing,
              "feature_visualisation": feature_visualisation, "model_inversion": model_inversion,
              "transposed_variance": transposed_variance, "train_default": train_default, "train_inits": train_inits, "train_swap": train_swap, "models": models, "mode_cost": mode_cost, "steps": steps, "speed": speed, "overhead": overhead,
              "gpu_speed": gpu_speed, "pool": pool, "pool_call": pool_call, "transposed": transposed}
