@@ -12,11 +12,11 @@
 // while torch.compile traces and whenever __torch_function__ is in play.
 
 #include <ATen/PythonTorchFunctionTLS.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/jit/frontend/tracer.h>
 #include <torch/extension.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <array>
 #include <cmath>
@@ -24,6 +24,7 @@
 
 #include "lru_cache.h"
 #include "ops.h"
+#include "options.h"
 
 namespace {
 
@@ -62,6 +63,20 @@ bool plain_tensor(py::handle h) {
   return THPVariable_CheckExact(h.ptr());
 }
 
+// The correction `h` names when it is a str naming one of strideconv's four; false for anything
+// else (the Python entry then refuses it in its own words).
+bool known_correction(PyObject* h, c10::string_view& name) {
+  if (!PyUnicode_CheckExact(h)) return false;
+  Py_ssize_t length = 0;
+  const char* chars = PyUnicode_AsUTF8AndSize(h, &length);
+  if (chars == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  name = c10::string_view(chars, static_cast<size_t>(length));
+  return name == "position" || name == "kernel" || name == "map" || name == "none";
+}
+
 // The common eager call of strideconv.functional.conv1d/2d/3d and of the modules, checked and
 // run here rather than in Python (about 2 us of Python per call): stride, padding and dilation
 // each a plain int or a tuple of 1 or nd plain ints (as the modules store them), an int groups,
@@ -84,21 +99,14 @@ PyObject* conv_fast(PyObject* /*module*/, PyObject* const* args, Py_ssize_t narg
   const py::handle input(args[0]), weight(args[1]), bias(args[2]), correction(args[7]), power(args[8]);
   int64_t nd = 0, g = 0;
   std::array<int64_t, 3> sv{}, pv{}, dv{};
+  c10::string_view name;
   if (!exact_int(args[9], nd) || nd < 1 || nd > 3 || !int_list(args[3], nd, sv) || !int_list(args[4], nd, pv) ||
       !int_list(args[5], nd, dv) || !exact_int(args[6], g) || !PyFloat_CheckExact(power.ptr()) ||
-      !PyUnicode_CheckExact(correction.ptr())) {
+      !known_correction(correction.ptr(), name)) {
     Py_RETURN_NONE;
   }
   const double pw = PyFloat_AS_DOUBLE(power.ptr());
   if (!(pw > 0 && pw < INFINITY)) Py_RETURN_NONE;
-  Py_ssize_t length = 0;
-  const char* chars = PyUnicode_AsUTF8AndSize(correction.ptr(), &length);
-  if (chars == nullptr) {
-    PyErr_Clear();
-    Py_RETURN_NONE;
-  }
-  const c10::string_view name(chars, static_cast<size_t>(length));
-  if (name != "position" && name != "kernel" && name != "map" && name != "none") Py_RETURN_NONE;
   if (!plain_tensor(input) || !plain_tensor(weight) || !(bias.is_none() || plain_tensor(bias)) ||
       at::impl::torch_function_mode_enabled() || torch::jit::tracer::isTracing()) {
     Py_RETURN_NONE;
@@ -133,31 +141,15 @@ PyMethodDef conv_fast_def = {
 // The factor maps of corrected pooling calls, by geometry, correction, power, dtype and device:
 // built by Python (strideconv/_pooling.py, the one definition) on a layer's first call and handed
 // here by `pool_factor_remember`, so that `pool_fast` finds them without Python on later calls.
-using PoolKey = std::tuple<std::array<int64_t, 8>, bool, int, double, at::ScalarType, at::Device>;
-
-enum PoolCorrection { kPoolPosition = 1, kPoolKernel = 2, kPoolMap = 3 };
+using PoolKey = std::tuple<std::array<int64_t, 8>, bool, strideconv::Correction, double, at::ScalarType, at::Device>;
 
 strideconv::LruCache<PoolKey, at::Tensor, 64>& pool_factors() {
   static auto* cache = new strideconv::LruCache<PoolKey, at::Tensor, 64>();  // never destroyed (lru_cache.h)
   return *cache;
 }
 
-// The correction's code, 0 for "none", -1 for anything else (the Python entry checks it).
-int pool_correction(py::handle h) {
-  if (!PyUnicode_CheckExact(h.ptr())) return -1;
-  Py_ssize_t length = 0;
-  const char* chars = PyUnicode_AsUTF8AndSize(h.ptr(), &length);
-  if (chars == nullptr) {
-    PyErr_Clear();
-    return -1;
-  }
-  const c10::string_view name(chars, static_cast<size_t>(length));
-  return name == "position" ? kPoolPosition : name == "kernel" ? kPoolKernel : name == "map" ? kPoolMap
-                                                                       : name == "none" ? 0 : -1;
-}
-
 PoolKey pool_key(const at::Tensor& x, const std::array<int64_t, 3>& k, const std::array<int64_t, 3>& s,
-                 const std::array<int64_t, 3>& p, bool ceil_mode, int correction, double power) {
+                 const std::array<int64_t, 3>& p, bool ceil_mode, strideconv::Correction correction, double power) {
   return {{x.size(-2), x.size(-1), k[0], k[1], s[0], s[1], p[0], p[1]}, ceil_mode, correction, power,
           x.scalar_type(), x.device()};
 }
@@ -208,8 +200,8 @@ PyObject* pool_fast(PyObject* /*module*/, PyObject* const* args, Py_ssize_t narg
   std::array<int64_t, 3> k{}, s{}, p{};
   bool ceil_mode = false, count_include_pad = true;
   std::optional<int64_t> divisor;
-  const int correction = pool_correction(args[7]);
-  if (correction < 0 || !PyFloat_CheckExact(args[8]) || !plain_tensor(args[0]) ||
+  c10::string_view name;
+  if (!known_correction(args[7], name) || !PyFloat_CheckExact(args[8]) || !plain_tensor(args[0]) ||
       !pool_arguments(args, k, s, p, ceil_mode, count_include_pad, divisor) ||
       at::impl::torch_function_mode_enabled() || torch::jit::tracer::isTracing() ||
       functorch_active()) {
@@ -224,7 +216,8 @@ PyObject* pool_fast(PyObject* /*module*/, PyObject* const* args, Py_ssize_t narg
   }
   const at::IntArrayRef kernel(k.data(), 2), stride(s.data(), 2), padding(p.data(), 2);
   at::Tensor out;
-  if (correction != 0 && x.requires_grad() && at::GradMode::is_enabled()) {
+  const strideconv::Correction correction = strideconv::parse_correction(name);
+  if (correction != strideconv::Correction::None && x.requires_grad() && at::GradMode::is_enabled()) {
     const std::optional<at::Tensor> factor = pool_factors().find(pool_key(x, k, s, p, ceil_mode, correction, power));
     if (!factor.has_value()) Py_RETURN_NONE;
     py::gil_scoped_release no_gil;
@@ -247,8 +240,9 @@ PyMethodDef pool_fast_def = {
 void pool_factor_remember(const at::Tensor& input, const at::Tensor& factor, std::array<int64_t, 2> kernel,
                           std::array<int64_t, 2> stride, std::array<int64_t, 2> padding, bool ceil_mode,
                           const std::string& correction, double power) {
-  const int code = pool_correction(py::str(correction));
-  TORCH_CHECK_VALUE(code > 0, "strideconv: pool_factor_remember expects a correction other than 'none'");
+  const strideconv::Correction code = strideconv::parse_correction(correction);
+  TORCH_CHECK_VALUE(code != strideconv::Correction::None,
+                    "strideconv: pool_factor_remember expects a correction other than 'none'");
   const std::array<int64_t, 3> k{kernel[0], kernel[1], 0}, s{stride[0], stride[1], 0},
       p{padding[0], padding[1], 0};
   pool_factors().put(pool_key(input, k, s, p, ceil_mode, code, power), factor);
