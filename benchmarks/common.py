@@ -165,13 +165,21 @@ def calls_lasting(fn, clock, seconds: float) -> int:
     return max(2, math.ceil(seconds / clock(fn, 2)))
 
 
-def round_calls(fn, clock, cuda: bool, quick: bool, seconds: float = 0.05) -> int:
+ROUND_S = 0.05  # on CPU, each variant's calls in a round of a speed table last at least this long
+
+
+def table_rounds(rounds, cuda: bool, quick: bool) -> int:
+    """Rounds of a speed table: ``rounds`` when given, else 3 in a quick run, 15 on a GPU, 21 on CPU."""
+    return rounds or (3 if quick else (15 if cuda else 21))
+
+
+def round_calls(fn, clock, cuda: bool, quick: bool) -> int:
     """Calls of each variant per round of a speed table: 10 on a GPU (CUDA events), 2 in a quick
-    run, else (CPU) as many as last ``seconds`` of thread CPU time, so that the clock's step is far
+    run, else (CPU) as many as last ROUND_S of thread CPU time, so that the clock's step is far
     below a round."""
     if cuda or quick:
         return 10 if cuda and not quick else 2
-    return calls_lasting(fn, clock, seconds)
+    return calls_lasting(fn, clock, ROUND_S)
 
 
 def paired_rounds(calls: Dict[str, object], reference: str, clock, rounds: int, reps: int, seed: int = 0) -> dict:

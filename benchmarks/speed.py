@@ -15,8 +15,8 @@ from torch.overrides import TorchFunctionMode
 import strideconv
 from strideconv.functional import conv2d
 
-from common import (CORRECTIONS, fmt, keep_freed_memory, one_thread, paired_rounds,
-                    peak_memory, per_call_clock, round_calls, tqdm)
+from common import (CORRECTIONS, ROUND_S, fmt, keep_freed_memory, one_thread, paired_rounds,
+                    peak_memory, per_call_clock, round_calls, table_rounds, tqdm)
 from zoo import StdConv2d, standardised
 
 # name, in, out, kernel, stride, padding, input size, input needs grad
@@ -67,7 +67,6 @@ def make_variants(x, w, b, s, p, need_input, factor_map):
     return {k: train_step(f) for k, f in fwds.items()}, {k: fwd_only(f) for k, f in fwds.items()}
 
 
-ROUND_S = 0.05  # on CPU, each variant's calls in a round last at least this long (one thread, thread CPU time)
 CONTROL_TOLERANCE = 0.02  # a shape whose control strays further is flagged
 
 
@@ -78,7 +77,7 @@ def speed_suite(device, quick, rounds=None):
     cuda = device.startswith("cuda")
     kept = False if cuda else keep_freed_memory()
     batch = (8 if quick else 32) if cuda else (1 if quick else 2)
-    rounds = rounds or (3 if quick else (15 if cuda else 21))
+    rounds = table_rounds(rounds, cuda, quick)
     clock = per_call_clock(device)
     modes = [("float32", False, torch.contiguous_format)]
     if cuda:
@@ -104,7 +103,7 @@ def speed_suite(device, quick, rounds=None):
             ctx = torch.autocast(device.split(":")[0], torch.bfloat16) if autocast else nullcontext()
             with ctx, one_thread(enabled=not cuda):
                 train, fwd = make_variants(x, w, b, s, p, need_input, factor_map)
-                reps = (round_calls(train["F.conv2d"], clock, cuda, quick, ROUND_S), round_calls(fwd["F.conv2d"], clock, cuda, quick, ROUND_S))
+                reps = (round_calls(train["F.conv2d"], clock, cuda, quick), round_calls(fwd["F.conv2d"], clock, cuda, quick))
                 rt = paired_rounds(train, "F.conv2d", clock, rounds, reps[0])
                 rf = paired_rounds(fwd, "F.conv2d", clock, rounds, reps[1])
                 memory = peak_memory(train, device, "F.conv2d") if cuda else {}
@@ -146,7 +145,7 @@ def pool_table(device, quick, rounds=None):
     if not cuda:
         keep_freed_memory()  # as speed_suite: no page faults that depend on the round
     batch = (8 if quick else 32) if cuda else (1 if quick else 2)
-    rounds = rounds or (3 if quick else (15 if cuda else 21))
+    rounds = table_rounds(rounds, cuda, quick)
     clock, rows = per_call_clock(device), []
     for name, c, k, s, p, size in (POOLS[:1] if quick else POOLS):
         x = torch.randn(batch, c, size, size, generator=torch.Generator().manual_seed(0)).to(device)
@@ -157,7 +156,7 @@ def pool_table(device, quick, rounds=None):
                       for c_ in CORRECTIONS})
         train = {n: (lambda f: lambda: torch.autograd.grad(f(), x, grad_out))(f) for n, f in calls.items()}
         with one_thread(enabled=not cuda):
-            r = paired_rounds(train, "F.avg_pool2d", clock, rounds, round_calls(train["F.avg_pool2d"], clock, cuda, quick, ROUND_S))
+            r = paired_rounds(train, "F.avg_pool2d", clock, rounds, round_calls(train["F.avg_pool2d"], clock, cuda, quick))
         rows += [dict(shape=name, batch=batch, variant=n, train_s=r[n]["median"], train_ratio=r[n]["ratio"],
                       train_q1=r[n]["ratio_q1"], train_q3=r[n]["ratio_q3"], rounds=rounds) for n in calls]
     return rows

@@ -17,8 +17,8 @@ from strideconv.functional import conv_transpose2d
 from strideconv.metrics import phase_energy_ratio
 
 from common import (
-    CORRECTIONS, count_and_variance_figure, fmt, keep_freed_memory, one_thread, paired_rounds,
-    peak_memory, per_call_clock, round_calls, tqdm,
+    CORRECTIONS, ROUND_S, count_and_variance_figure, fmt, keep_freed_memory, one_thread, paired_rounds,
+    peak_memory, per_call_clock, round_calls, table_rounds, tqdm,
 )
 
 # name, in, out, kernel, stride, padding, output padding, input size
@@ -62,9 +62,6 @@ def make_variants(x, w, b, s, p, a, factor_map):
     return {k: train_step(f) for k, f in calls.items()}, {k: fwd_only(f) for k, f in calls.items()}
 
 
-ROUND_S = 0.05  # on CPU, each variant's calls in a round last at least this long
-
-
 BAND = "band passes"  # position's in-place scaling of the output's border band, alone
 
 
@@ -86,11 +83,10 @@ def speed_table(device, quick, rounds=None):
     cuda = device.startswith("cuda")
     kept = False if cuda else keep_freed_memory()
     batch = (8 if quick else 32) if cuda else (1 if quick else 4)
-    rounds = rounds or (3 if quick else (15 if cuda else 21))
+    rounds = table_rounds(rounds, cuda, quick)
     modes = [("float32", False)] + ([("bf16 autocast", True)] if cuda else [])
     shapes = [SHAPES[1], SHAPES[4]] if quick else SHAPES
     clock, rows = per_call_clock(device), []
-
     for dtype_name, autocast in modes:
         for name, cin, cout, k, s, p, a, size in tqdm(shapes, desc=f"transposed {dtype_name}", file=sys.stdout):
             gen = torch.Generator().manual_seed(0)
@@ -105,8 +101,8 @@ def speed_table(device, quick, rounds=None):
                 if not autocast:  # what position's band passes cost alone (its floor), fwd and fwd+bwd
                     band = _band_pass(x, w, b, k, s, p, a)
                     train[BAND], fwd[BAND] = (lambda: (band(), band())), band
-                rt = paired_rounds(train, PLAIN, clock, rounds, round_calls(train[PLAIN], clock, cuda, quick, ROUND_S))
-                rf = paired_rounds(fwd, PLAIN, clock, rounds, round_calls(fwd[PLAIN], clock, cuda, quick, ROUND_S), seed=1)
+                rt = paired_rounds(train, PLAIN, clock, rounds, round_calls(train[PLAIN], clock, cuda, quick))
+                rf = paired_rounds(fwd, PLAIN, clock, rounds, round_calls(fwd[PLAIN], clock, cuda, quick), seed=1)
                 memory = peak_memory(train, device, PLAIN) if cuda else {}
             for n in train:
                 rows.append(dict(
