@@ -22,6 +22,8 @@ import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the studies' own table code (studies/training_report.py) and its statistics (benchmarks/common.py)
+sys.path[:0] = [os.path.join(ROOT, "studies"), os.path.join(ROOT, "benchmarks")]
 BLOCK = re.compile(r"(<!-- render: (\S+) (\S+) -->\n)(.*?)(<!-- end render -->)", re.S)  # RECORD: a.json[+b.json]
 
 
@@ -93,20 +95,31 @@ def steps(data: dict) -> list:
     return lines
 
 
+_CORRECTION_NAMES = ("none", "map", "kernel", "position")
+
+
+def _ratio_cell(r: dict) -> str:
+    return f"{r['train_ratio']:.3f} ({r['train_q1']:.2f}-{r['train_q3']:.2f})"
+
+
+def _ratio_table(first: str, rows: list, variants: list) -> list:
+    """fwd+bwd ratios with their quartiles: a row per shape, a column per variant (corrections'
+    names in code type)."""
+    cells = {(r["shape"], r["variant"]): r for r in rows}
+    lines = ["| " + first + " | " + " | ".join(f"`{v}`" if v in _CORRECTION_NAMES else v for v in variants) + " |",
+             "|---|" + "---|" * len(variants)]
+    return lines + [f"| {shape} | " + " | ".join(_ratio_cell(cells[(shape, v)]) for v in variants) + " |"
+                    for shape in dict.fromkeys(r["shape"] for r in rows)]
+
+
 def speed(data: dict) -> list:
     """Single layers, fwd+bwd: each variant's ratio to F.conv2d with its per-round quartiles, the
     A/A control first (run.py's speed table)."""
     m = data["speed_meta"]
-    variants = ["control", "none", "map", "kernel", "position"]
     lines = [f"fwd+bwd time over `F.conv2d`'s: median of {m['rounds']} shuffled rounds ({m['clock']}, batch "
-             f"{m['batch']}), with the quartiles of the per-round ratios; control: `F.conv2d` against itself.", "",
-             "| layer | " + " | ".join(f"`{v}`" if v != "control" else v for v in variants) + " |",
-             "|---|" + "---|" * len(variants)]
-    cells = {(r["shape"], r["variant"]): r for r in data["speed"] if r["dtype"] == "float32"}
-    for shape in dict.fromkeys(r["shape"] for r in data["speed"]):
-        lines.append(f"| {shape} | " + " | ".join(
-            f"{cells[(shape, v)]['train_ratio']:.3f} ({cells[(shape, v)]['train_q1']:.2f}-"
-            f"{cells[(shape, v)]['train_q3']:.2f})" for v in variants) + " |")
+             f"{m['batch']}), with the quartiles of the per-round ratios; control: `F.conv2d` against itself.", ""]
+    lines += _ratio_table("layer", [r for r in data["speed"] if r["dtype"] == "float32"],
+                          ["control", "none", "map", "kernel", "position"])
     if m.get("flagged"):
         lines += ["", "Control off by more than 2% on: " + "; ".join(m["flagged"]) + "."]
     return lines
@@ -165,23 +178,13 @@ def gpu_speed(data: dict) -> list:
     return lines
 
 
-def _ratio_cell(r: dict) -> str:
-    return f"{r['train_ratio']:.3f} ({r['train_q1']:.2f}-{r['train_q3']:.2f})"
-
-
 def pool(data: dict) -> list:
     """run.py's pooling table: fwd+bwd over F.avg_pool2d, with quartiles and the A/A control."""
     rows = data["pool"]
-    variants = ["control", "none", "map", "kernel", "position"]
-    cells = {(r["shape"], r["variant"]): r for r in rows}
     lines = [f"fwd+bwd time over `F.avg_pool2d`'s (with the input gradient): median of {rows[0]['rounds']} shuffled "
              f"rounds (thread CPU time, one thread, batch {rows[0]['batch']}), with the quartiles of the per-round "
-             "ratios; control: `F.avg_pool2d` against itself.", "",
-             "| pooling | " + " | ".join(f"`{v}`" if v != "control" else v for v in variants) + " |",
-             "|---|" + "---|" * len(variants)]
-    for shape in dict.fromkeys(r["shape"] for r in rows):
-        lines.append(f"| {shape} | " + " | ".join(_ratio_cell(cells[(shape, v)]) for v in variants) + " |")
-    return lines
+             "ratios; control: `F.avg_pool2d` against itself.", ""]
+    return lines + _ratio_table("pooling", rows, ["control", "none", "map", "kernel", "position"])
 
 
 def pool_call(data: dict) -> list:
@@ -204,22 +207,15 @@ def pool_call(data: dict) -> list:
 def transposed(data: dict) -> list:
     """run.py's transposed table: fwd+bwd over F.conv_transpose2d, with quartiles and the control."""
     m, rows = data["transposed_meta"], [r for r in data["transposed_speed"] if r["dtype"] == "float32"]
-    variants = ["control", "none", "position", "kernel", "map", "plain ops"]
-    cells = {(r["shape"], r["variant"]): r for r in rows}
     band = any(r["variant"] == "band passes" for r in rows)
-    variants += ["band passes"] if band else []
+    variants = ["control", "none", "position", "kernel", "map", "plain ops"] + (["band passes"] if band else [])
     lines = [f"fwd+bwd time (the layer, then a ReLU) over `F.conv_transpose2d`'s: median of {m['rounds']} shuffled "
              f"rounds ({m['clock']}, batch {m['batch']}), with the quartiles of the per-round ratios; control: "
              "`F.conv_transpose2d` against itself; `plain ops`: `F.conv_transpose2d` times a precomputed position "
              "factor map, plus the bias." + (" `band passes`: two in-place passes of `scale_border_` over a buffer of "
                                              "the output's size (what `position` adds on the weight path, forward "
-                                             "and backward), alone, as a share of the plain step." if band else ""), "",
-             "| layer | " + " | ".join(f"`{v}`" if v not in ("control", "plain ops", "band passes") else v for v in variants)
-             + " |",
-             "|---|" + "---|" * len(variants)]
-    for shape in dict.fromkeys(r["shape"] for r in rows):
-        lines.append(f"| {shape} | " + " | ".join(_ratio_cell(cells[(shape, v)]) for v in variants) + " |")
-    return lines
+                                             "and backward), alone, as a share of the plain step." if band else ""), ""]
+    return lines + _ratio_table("layer", rows, variants)
 
 
 _SETTINGS = {"mnist1d-cnn": "MNIST-1D CNN, Adam", "digits8-cnn": "8x8 digits CNN, Adam",
@@ -232,8 +228,6 @@ def _train_table(data: dict, columns: list, at_plain_lr: bool, spread: bool) -> 
     the seeds (± std where ``spread``), and in bold the paired difference to plain with the same
     init where its 95% t-interval excludes 0; "does not train" where the variant's validation
     accuracy is the same at every learning rate of the grid (chance everywhere)."""
-    sys.path.insert(0, os.path.join(ROOT, "studies"))
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     from training_report import Study, trains_nowhere
 
     st = Study(data)
@@ -266,8 +260,6 @@ def train_profile(data: dict) -> list:
     """The 12-layer net's input-gradient RMS per layer at initialisation, relative to the last
     layer's (the study's own measure, mean over the seeds): the first layer's value and the range
     over the layers below the last."""
-    sys.path.insert(0, os.path.join(ROOT, "studies"))
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     from training_report import Study, relative_profile
 
     st = Study(data)
@@ -370,7 +362,6 @@ def attack_success(data: dict) -> list:
 def gan(data: dict) -> list:
     """The GAN study: per discriminator, the samples' measures plain and corrected (mean ± std over
     the seeds) and the paired difference, corrected minus plain, with its 95% t-interval."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     from common import mean_std, t_interval
 
     metrics = [("harmonic_rel", "harmonic / real", 2), ("confidence", "confidence", 3),
