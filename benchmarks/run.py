@@ -6,7 +6,7 @@ transposed convolutions against F.conv_transpose2d; a summary of the studies' la
     python benchmarks/run.py --quick         # smoke run
 
 Writes report.md, results.json and PNG pictures into --out (default benchmarks/out). The
-measurements live in variance.py, speed.py and transposed.py; common.py has what they share.
+measurements live in variance.py, speed.py, pool.py and transposed.py; common.py has what they share.
 The whole-model timings (models.py) and the studies (studies/: decoder.py, image_gradients.py,
 attribution.py, image_optimisation.py, gan.py, train.py) are their own commands; their latest results
 in --out are summarised at the end.
@@ -20,6 +20,7 @@ import os
 
 import torch
 
+import pool
 import speed
 import transposed
 import variance
@@ -163,11 +164,11 @@ def main(argv=None):
     pics = variance.pictures(args.out, args.device, args.quick) if "pictures" not in args.skip else []
     speed_rows, speed_meta = (speed.speed_suite(args.device, args.quick, args.rounds) if "speed" not in args.skip
                               else ([], dict(batch=0, rounds=0, reps=0)))
-    pool_rows = speed.pool_table(args.device, args.quick, args.rounds) if "pool" not in args.skip else []
+    pool_rows = pool.table(args.device, args.quick, args.rounds) if "pool" not in args.skip else []
     overhead_rows, overhead_meta = (speed.overhead_table(args.device, args.quick) if "overhead" not in args.skip
                                     else ([], None))
     context = speed.context_overhead(args.device, args.quick) if "overhead" not in args.skip else None
-    pool_call_rows = speed.pool_overhead(args.device, args.quick) if "pool" not in args.skip else []
+    pool_call_rows = pool.overhead(args.device, args.quick) if "pool" not in args.skip else []
     if "transposed" not in args.skip:
         t_pics, t_ratios, t_draws = transposed.variance_pictures(args.out, args.device, args.quick)
         t_rows, t_meta = transposed.speed_table(args.device, args.quick, args.rounds)
@@ -176,8 +177,8 @@ def main(argv=None):
         *meta_lines(meta), "",
     ]
     lines += variance.report_section(var_rows, draws, pics) + [""]
-    lines += speed.report_section(speed_rows, speed_meta, overhead_rows, overhead_meta, pool_rows)
-    lines += speed.pool_overhead_section(pool_call_rows)
+    lines += speed.report_section(speed_rows, speed_meta) + pool.table_section(pool_rows, speed_meta["rounds"])
+    lines += speed.overhead_section(overhead_rows, overhead_meta) + pool.overhead_section(pool_call_rows)
     lines += speed.context_section(context) if context else []
     if "transposed" not in args.skip:
         lines += [""] + transposed.report_section(t_rows, t_meta, t_pics, t_ratios, t_draws)
