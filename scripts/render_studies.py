@@ -20,7 +20,7 @@ _SETTINGS = {"mnist1d-cnn": "MNIST-1D CNN, Adam", "digits8-cnn": "8x8 digits CNN
 def _train_table(data: dict, columns: list, at_plain_lr: bool, spread: bool) -> list:
     """The training study's test accuracy, a row per setting and a column per variant: mean over
     the seeds (± std where ``spread``), and in bold the paired difference to plain with the same
-    init where its 95% t-interval excludes 0; "does not train" where the variant's validation
+    init, with its 95% t-interval, where that interval excludes 0; "does not train" where the variant's validation
     accuracy is the same at every learning rate of the grid (chance everywhere)."""
     from training_report import Study, trains_nowhere
 
@@ -38,7 +38,8 @@ def _train_table(data: dict, columns: list, at_plain_lr: bool, spread: bool) -> 
             mean, sd = c["acc"]
             cell = f"{mean:.1f} ± {sd:.1f}" if spread else f"{mean:.1f}"
             if "delta" in c and abs(c["delta"][0]) > c["delta"][1]:
-                cell += f" (**{c['delta'][0]:+.1f}**)"
+                m, h = c["delta"]
+                cell += f" (**{m:+.1f}** [{m - h:+.1f}, {m + h:+.1f}])"
             if trains_nowhere(st.means[setting["name"]][name]):
                 cell += ", does not train"
             cells.append(cell)
@@ -73,7 +74,7 @@ def train_default(data: dict) -> list:
     seeds = len(data["results"][0]["final_acc"])
     return _train_header(columns, f"Test accuracy %, mean ± std over {seeds} seeds, each variant at the learning rate "
                                   "of its best mean validation accuracy; bold: the paired difference to `plain` "
-                                  "where its 95% interval excludes 0.") + _train_table(data, columns, False, True)
+                                  "[its 95% interval] where that interval excludes 0.") + _train_table(data, columns, False, True)
 
 
 def train_inits(data: dict) -> list:
@@ -83,7 +84,7 @@ def train_inits(data: dict) -> list:
     seeds = len(data["results"][0]["final_acc"])
     return _train_header(columns, f"Test accuracy %, mean ± std over {seeds} seeds, each variant at its own best "
                                   "learning rate; bold: the paired difference to `plain` with the same init (plain "
-                                  "rows: to `plain` from the default init) where its 95% interval excludes 0.") \
+                                  "rows: to `plain` from the default init) [its 95% interval] where that interval excludes 0.") \
         + _train_table(data, columns, False, True)
 
 
@@ -93,8 +94,56 @@ def train_swap(data: dict) -> list:
                "kernel · stride init", "map · stride init"]
     seeds = len(data["results"][0]["final_acc"])
     return _train_header(columns, f"Mean test accuracy % over {seeds} seeds at `plain`'s learning rate (same init); "
-                                  "bold: the paired difference to `plain` where its 95% interval excludes 0.") \
+                                  "bold: the paired difference to `plain` [its 95% interval] where that interval excludes 0.") \
         + _train_table(data, columns, True, False)
+
+
+def train_lr(data: dict) -> list:
+    """The learning rate each variant was tuned to (best mean validation accuracy over its
+    setting's grid), a row per setting: where the corrections' rate departs from plain's."""
+    from training_report import Study, trains_nowhere
+
+    st = Study(data)
+    columns = [v["name"] for v in st.variants]
+    lines = _train_header(["grid"] + columns, "Learning rate of each variant's best mean validation accuracy over "
+                                              f"{len(data['results'][0]['final_acc'])} seeds, from its setting's grid "
+                                              "(\"none trains\": chance at every rate of the grid).")
+    for setting in st.settings:
+        grid = data["grids"][setting["name"]]
+        cells = [f"{min(grid):.2g}-{max(grid):.2g}"]
+        for name in columns:
+            if next(v for v in st.variants if v["name"] == name)["init"] not in setting["inits"]:
+                cells.append("–")
+            elif trains_nowhere(st.means[setting["name"]][name]):
+                cells.append("none trains")
+            else:
+                cells.append(f"{st.lr[(setting['name'], name)]:.2g}")
+        lines.append(f"| {_SETTINGS.get(setting['name'], setting['name'])} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def train_cost(data: dict) -> list:
+    """Time per training step over plain's, from the study's own timing of each variant's first
+    job (``Study.step_ratio``): the corrections' range and median per setting, and the range of
+    plain from other inits, the same computation as plain (what noise alone reads)."""
+    import statistics
+
+    from training_report import Study
+
+    st = Study(data)
+    lines = ["Time per training step over `plain`'s (same setting; each variant's first job, on two busy "
+             "workers): the corrections' range and median, and `plain` from Kaiming or stride-aware init, "
+             "which computes the same as `plain` (the noise of the timing).", "",
+             "| setting | corrections: range | corrections: median | plain from other inits: range |",
+             "|---|---|---|---|"]
+    for setting in st.settings:
+        ratios = {v["name"]: st.step_ratio(setting["name"], v["name"]) for v in st.variants
+                  if v["init"] in setting["inits"] and v["name"] != "plain"}
+        corrected = [r for n, r in ratios.items() if not n.startswith("plain")]
+        same = [r for n, r in ratios.items() if n.startswith("plain")]
+        lines.append(f"| {_SETTINGS.get(setting['name'], setting['name'])} | {min(corrected):.2f}-{max(corrected):.2f} "
+                     f"| {statistics.median(corrected):.2f} | {min(same):.2f}-{max(same):.2f} |")
+    return lines
 
 
 def _stat_cell(entry: dict, digits: int) -> str:
@@ -236,7 +285,7 @@ def model_inversion(data: dict) -> list:
 
 
 RENDERERS = {"train_default": train_default, "train_inits": train_inits, "train_swap": train_swap,
-             "train_profile": train_profile, "image_gradients": image_gradients, "attack_success": attack_success,
+             "train_profile": train_profile, "train_lr": train_lr, "train_cost": train_cost, "image_gradients": image_gradients, "attack_success": attack_success,
              "attribution_floors": attribution_floors, "faithfulness": faithfulness, "pointing": pointing,
              "feature_visualisation": feature_visualisation, "model_inversion": model_inversion, "gan": gan,
              "decoder": decoder}
