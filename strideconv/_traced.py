@@ -9,15 +9,18 @@ the layers are written with torch's own convolutions (``F.conv2d`` and its sibli
 autocast casts and which reach ``aten.convolution``) and strideconv's small scaling ops:
 
 - a strided convolution is an ``autograd.Function`` whose forward is the plain convolution and
-  whose backward is one ``aten.convolution_backward`` with the weight scaled by
-  ``strideconv.scale_weight``, then, for ``position``, ``strideconv.scale_border`` on the input
-  gradient: the same arithmetic as the compiled node (docs/design.md);
+  whose backward is one ``aten.convolution_backward``: for ``map`` and ``kernel`` with the weight
+  scaled by ``strideconv.scale_weight`` (the same arithmetic as the compiled node,
+  docs/design.md); for ``position`` with the plain weight, its input gradient then multiplied
+  by the factor map;
 - a transposed convolution is the same function as the op, written with differentiable ops:
-  ``scale_weight`` on the weight (``map``, ``kernel``), or the plain output times
-  ``strideconv.output_factors`` (``position``: one multiply that inductor fuses with its
-  neighbours), plus the bias.
+  ``scale_weight`` on the weight (``map``, ``kernel``), or the plain output times its factor
+  map (``position``), plus the bias.
 
-The scaling ops accept any layout (``flexible_layout``), so inductor's choice reaches them.
+``position``'s factor map is built from ``arange`` with pointwise ops, one factor vector per axis
+(``_factor_map``): inductor folds it into the multiply that applies it, so no map is stored or
+read at run time, and symbolic sizes stay symbolic. The scaling ops accept any layout
+(``flexible_layout``), so inductor's choice reaches them.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ class TracedConv(torch.autograd.Function):
         # Under autocast the forward ran in the gradient's dtype: the operands are cast to it here
         # (the weight after its scaling, so it is rounded once); autograd casts the gradients back.
         dtype = grad.dtype
-        if need_input and correction == "position" and _static(input.shape[2:], grad.shape[2:]):
+        if need_input and correction == "position":
             return _position_backward(grad, input, weight, stride, padding, dilation, groups, power,
                                       need_weight, need_bias)
         scaled = weight
@@ -68,33 +71,54 @@ class TracedConv(torch.autograd.Function):
         grad_input, grad_weight, grad_bias = _aten.convolution_backward.default(
             grad, input.to(dtype), scaled.to(dtype), [weight.shape[0]] if need_bias else None, stride, padding,
             dilation, False, [0] * len(stride), groups, [need_input, need_weight, need_bias])
-        if need_input and correction == "position":  # a fresh tensor: its band scaled in place
-            _ops.scale_border_(grad_input, list(weight.shape[2:]), stride, padding, dilation, power)
         return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
-
-
-def _static(*sizes) -> bool:
-    """Whether every size is a plain int (no symbolic size of dynamic shapes)."""
-    return all(type(v) is int for size in sizes for v in size)
 
 
 def _position_backward(grad, input, weight, stride, padding, dilation, groups, power, need_weight, need_bias):
     """``position``'s gradients as its definition states them: the true input gradient (the plain
-    weight) times the factor map ``(K / C(i)) ** power``. One multiply, which inductor fuses with
-    the pointwise ops around it; no weight scaling and no in-place band update, whose
-    functionalised form copies the whole input gradient first. The factor map is the output
-    factor map of the transposed convolution with the same geometry, whose output is this
-    input (the counts are the same), at the output padding that gives the input's size."""
+    weight) times the factor map ``(K / C(i)) ** power`` (``_factor_map``).
+    One multiply, which inductor fuses with the pointwise ops around it; no weight scaling and no
+    in-place band update, whose functionalised form copies the whole input gradient first."""
     dtype = grad.dtype
     kernel = list(weight.shape[2:])
     grad_input, grad_weight, grad_bias = _aten.convolution_backward.default(
         grad, input.to(dtype), weight.to(dtype), [weight.shape[0]] if need_bias else None, stride, padding,
         dilation, False, [0] * len(stride), groups, [True, need_weight, need_bias])
-    size = list(input.shape[2:])
-    output_padding = [(L + 2 * p - q * (k - 1) - 1) % s for L, k, s, p, q in zip(size, kernel, stride, padding, dilation)]
-    like = input.new_empty([1, 1] + size, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
-    factors = _ops.output_factors(like, kernel, stride, padding, dilation, output_padding, "position", power)
+    sizes = input.shape[2:]
+    windows = grad.shape[2:]
+    factors = _factor_map(sizes, windows, kernel, stride, padding, dilation, power, dtype, grad.device)
     return (grad_input * factors).to(dtype), grad_weight, grad_bias, None, None, None, None, None, None
+
+
+def _axis_factors(length, windows, kernel, stride, padding, dilation, power, dtype, device):
+    """``(k / c(x)) ** power`` along one axis of ``length`` positions, as a tensor built from
+    ``arange`` with pointwise ops (so inductor folds it into the multiply that uses it, and a
+    symbolic length stays symbolic); 1 where c(x) = 0 (its gradient is 0) or c(x) = k, as the
+    compiled op's factor map has it, and a square root for ``power=0.5``, as there.
+
+    c(x) counts the pairs (window o < ``windows``, tap t < k) with o * s - p + t * d = x: the
+    windows of a convolution over its input positions, or, with ``windows`` the input length,
+    the inputs of a transposed convolution over its output positions (the same equation)."""
+    x = torch.arange(length, device=device)
+    count = torch.zeros((), dtype=dtype, device=device)
+    for t in range(kernel):
+        m = x + (padding - t * dilation)  # = o * s where a window o reads x through tap t
+        count = count + ((m >= 0) & (m <= (windows - 1) * stride) & (m % stride == 0)).to(dtype)
+    ratio = kernel / count
+    scaled = ratio.sqrt() if power == 0.5 else ratio.pow(power)
+    return torch.where((count == 0) | (count == kernel), torch.ones((), dtype=dtype, device=device), scaled)
+
+
+def _factor_map(sizes, windows, kernel, stride, padding, dilation, power, dtype, device):
+    """The ``position`` factor map over ``sizes``, the outer product of one factor vector per axis
+    (C is the product of the axes' counts), shaped to broadcast over batch and channels; float32
+    for reduced precision (the product with it is rounded once)."""
+    dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    nd, factors = len(sizes), None
+    for d, axis in enumerate(zip(sizes, windows, kernel, stride, padding, dilation)):
+        v = _axis_factors(*axis, power, dtype, device).reshape([-1] + [1] * (nd - 1 - d))
+        factors = v if factors is None else factors * v
+    return factors
 
 
 def conv(input, weight, bias, stride, padding, dilation, groups, correction, power):
@@ -120,10 +144,9 @@ def conv_transpose(input, weight, bias, stride, padding, output_padding, dilatio
     # "position": the output times its factor map (float32 factors: a product in float16 or
     # bfloat16 is rounded once), then the bias
     out = plain(weight, None)
-    like = out.new_empty((1, 1) + tuple(out.shape[2:]), dtype=torch.float64 if out.dtype == torch.float64
-                         else torch.float32)
-    factors = _ops.output_factors(like, list(weight.shape[2:]), stride, padding, dilation, output_padding,
-                                  correction, power)
+    kernel = list(weight.shape[2:])
+    factors = _factor_map(out.shape[2:], input.shape[2:], kernel, stride, padding, dilation, power, out.dtype,
+                          out.device)
     scaled = out * factors
     if bias is not None:
         scaled = scaled + bias.reshape((-1,) + (1,) * len(stride))

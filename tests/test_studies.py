@@ -183,9 +183,10 @@ def test_image_gradients_quick_run(tmp_path):
     stats = data["stats"]
     assert len(data["records"]) == 2
     grad = stats["gradient"]["phase2"]
-    # "map" scales the gradient by one scalar, so no ratio moves; "position" lowers the plain
+    # "map" scales the gradient by one scalar, so no ratio moves (but for float32 rounding of the
+    # scaled gradient, which reads about 1e-6 on some CPUs); "position" lowers the plain
     # gradient's stride-2 pattern on every seed; the post-hoc baseline flattens it too
-    assert grad["map"]["factor"] == pytest.approx(1.0)
+    assert grad["map"]["factor"] == pytest.approx(1.0, rel=1e-5)
     assert grad["position"]["down"] == 2 and grad["phase-equalised"]["down"] == 2
     # L_inf PGD steps along the sign, which a positive per-pixel factor does not change
     assert stats["PGD L_inf"]["success"]["phase-equalised"]["diff"] == 0.0

@@ -87,6 +87,59 @@ def test_compile_sees_aten_convolutions_and_gives_the_corrected_gradients(correc
         assert_matches_eager(model, compiled, xs, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_compiled_position_builds_its_factor_map_from_aten_ops(dynamic):
+    """Under torch.compile, ``position`` reaches AOT autograd's graphs as ATen ops only: its factor
+    map is built from ``arange`` with pointwise ops, which inductor folds into the multiply, and no
+    strideconv op is left. With dynamic shapes the spatial sizes stay symbolic (one graph serves
+    two sizes); the gradients are eager's in float64."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    torch.manual_seed(0)
+    model = nn.Sequential(strideconv.Conv2d(3, 4, 3, 2, 1), nn.ReLU(),
+                          strideconv.ConvTranspose2d(4, 2, 3, 2, 1, output_padding=1), nn.ReLU(),
+                          strideconv.Conv2d(2, 2, (3, 2), (2, 3), (0, 1), dilation=(1, 2))).double()
+    graphs = []
+
+    def keep(gm, example_inputs):
+        graphs.append(gm)
+        return make_boxed_func(gm)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=aot_autograd(fw_compiler=keep, bw_compiler=keep), fullgraph=True,
+                             dynamic=dynamic)
+    for size in [(15, 13), (17, 12)]:
+        x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+        (g1,) = torch.autograd.grad(compiled(x).square().sum(), x)
+        (g0,) = torch.autograd.grad(model(x).square().sum(), x)
+        torch.testing.assert_close(g1, g0, rtol=1e-12, atol=1e-12)
+    ours = {str(n.target) for g in graphs for n in g.graph.nodes
+            if n.op == "call_function" and str(n.target).startswith("strideconv.")}
+    assert ours == set()
+    assert len(graphs) == (2 if dynamic else 4)  # a forward and a backward graph per compilation
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation, power", [
+    (3, 2, 1, 1, 0.5), (4, 2, 1, 1, 1.0), (5, 3, 2, 2, 0.5), (2, 2, 0, 1, 0.75), (7, 2, 3, 1, 0.5), (1, 2, 0, 1, 0.5)])
+def test_traced_factor_maps_are_the_definitions(kernel, stride, padding, dilation, power):
+    """The factor maps of the compiled path equal the definitions' (count maps from the windows,
+    strideconv.factors) where a window reaches, for a strided convolution's input and a transposed
+    convolution's output, at sizes where the last window stops short of the border."""
+    from strideconv._traced import _factor_map
+
+    size = (11, 14)
+    ks, ss, ps, ds = (kernel, kernel), (stride, stride), (padding, padding), (dilation, dilation)
+    windows = [(n + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1 for n in size]
+    built = _factor_map(size, windows, ks, ss, ps, ds, power, torch.float64, "cpu")
+    reference = strideconv.correction_factors(size, kernel, stride, padding, dilation, power).position
+    torch.testing.assert_close(built.where(reference > 0, torch.zeros(())), reference, rtol=1e-15, atol=0)
+    out = [(n - 1) * stride - 2 * padding + dilation * (kernel - 1) + 1 for n in size]
+    built = _factor_map(out, size, ks, ss, ps, ds, power, torch.float64, "cpu")
+    reference = strideconv.transposed_factors(size, kernel, stride, padding, 0, dilation, power).position
+    torch.testing.assert_close(built.where(reference > 0, torch.zeros(())), reference, rtol=1e-15, atol=0)
+
+
 @pytest.mark.parametrize("correction", ["none", "map", "kernel", "position"])
 def test_compile_under_autocast_matches_eager(correction):
     """Compiled under autocast, the layers compute in the autocast dtype, as in eager mode (the
