@@ -96,6 +96,20 @@ def steps(data: dict) -> list:
     return lines
 
 
+
+def compiled_profile(data: dict) -> list:
+    """Where a compiled step's time goes (benchmarks/compiled_profile.py): per model, the
+    converted step's extra microseconds in each category, and plain's step time."""
+    shown = [c for c in data["categories"] if c != "total"]
+    lines = [f"Converted minus plain, microseconds per compiled step (CPU, one thread, batch 8): median of "
+             f"{data['rounds']} alternating profiles of {data['steps']} steps each, self CPU time per category "
+             "(inductor's kernels profiled as events).", "",
+             "| model | plain step us | " + " | ".join(shown) + " | total |", "|---|---|" + "---|" * (len(shown) + 1)]
+    for r in data["rows"]:
+        cells = [f"{r['converted'][c] - r['plain'][c]:+.0f}" for c in shown + ["total"]]
+        lines.append(f"| {r['model']} | {r['plain']['total']:.0f} | " + " | ".join(cells) + " |")
+    return lines
+
 _CORRECTION_NAMES = ("none", "map", "kernel", "position")
 
 
@@ -233,7 +247,7 @@ def transposed_variance(data: dict) -> list:
                     f"| {r['mean_var_over_stride1']:.2f} |" for r in ratios]
 
 
-RENDERERS = {"models": models, "mode_cost": mode_cost, "steps": steps, "speed": speed, "overhead": overhead,
+RENDERERS = {"models": models, "compiled_profile": compiled_profile, "mode_cost": mode_cost, "steps": steps, "speed": speed, "overhead": overhead,
              "variance": variance, "gpu_speed": gpu_speed, "pool": pool, "pool_call": pool_call, "transposed": transposed,
              "transposed_variance": transposed_variance, **render_studies.RENDERERS}
 
