@@ -120,26 +120,6 @@ def test_compiled_position_builds_its_factor_map_from_aten_ops(dynamic):
     assert len(graphs) == (2 if dynamic else 4)  # a forward and a backward graph per compilation
 
 
-@pytest.mark.parametrize("kernel, stride, padding, dilation, power", [
-    (3, 2, 1, 1, 0.5), (4, 2, 1, 1, 1.0), (5, 3, 2, 2, 0.5), (2, 2, 0, 1, 0.75), (7, 2, 3, 1, 0.5), (1, 2, 0, 1, 0.5)])
-def test_traced_factor_maps_are_the_definitions(kernel, stride, padding, dilation, power):
-    """The factor maps of the compiled path equal the definitions' (count maps from the windows,
-    strideconv.factors) where a window reaches, for a strided convolution's input and a transposed
-    convolution's output, at sizes where the last window stops short of the border."""
-    from strideconv._traced import _factor_map
-
-    size = (11, 14)
-    ks, ss, ps, ds = (kernel, kernel), (stride, stride), (padding, padding), (dilation, dilation)
-    windows = [(n + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1 for n in size]
-    built = _factor_map(size, windows, ks, ss, ps, ds, power, torch.float64, "cpu")
-    reference = strideconv.correction_factors(size, kernel, stride, padding, dilation, power).position
-    torch.testing.assert_close(built.where(reference > 0, torch.zeros(())), reference, rtol=1e-15, atol=0)
-    out = [(n - 1) * stride - 2 * padding + dilation * (kernel - 1) + 1 for n in size]
-    built = _factor_map(out, size, ks, ss, ps, ds, power, torch.float64, "cpu")
-    reference = strideconv.transposed_factors(size, kernel, stride, padding, 0, dilation, power).position
-    torch.testing.assert_close(built.where(reference > 0, torch.zeros(())), reference, rtol=1e-15, atol=0)
-
-
 @pytest.mark.parametrize("correction", ["none", "map", "kernel", "position"])
 def test_compile_under_autocast_matches_eager(correction):
     """Compiled under autocast, the layers compute in the autocast dtype, as in eager mode (the
