@@ -41,14 +41,12 @@ _CONVOLUTIONS = ("aten::convolution", "aten::_convolution", "aten::mkldnn_convol
                  "aten::_slow_conv2d", "aten::mkldnn_convolution_backward")
 
 
-def _graph_side(event) -> str | None:
-    """'forward' or 'backward' for an event inside a compiled graph's call, from its ancestors."""
+def _ancestor(event, match) -> str | None:
+    """The name of the nearest enclosing event whose name ``match`` accepts, or None."""
     parent = event.cpu_parent
     while parent is not None:
-        if parent.name == "CompiledFunctionBackward":
-            return "backward"
-        if parent.name == "CompiledFunction":
-            return "forward"
+        if match(parent.name):
+            return parent.name
         parent = parent.cpu_parent
     return None
 
@@ -58,21 +56,13 @@ def _category(event) -> str:
     if name.startswith("strideconv::"):
         return "strideconv ops"
     if "cpp_fused" in name or name.startswith("graph_") and "kernel" in name:
-        return f"{_graph_side(event) or 'forward'} kernels"
+        graph = _ancestor(event, lambda n: n in ("CompiledFunction", "CompiledFunctionBackward"))
+        return "backward kernels" if graph == "CompiledFunctionBackward" else "forward kernels"
     if "CompiledFxGraph" in name:
         return "graph wrappers"
-    if name.startswith(_CONVOLUTIONS) or _under(event, _CONVOLUTIONS):
+    if name.startswith(_CONVOLUTIONS) or _ancestor(event, lambda n: n.startswith(_CONVOLUTIONS)) is not None:
         return "ATen convolutions"
     return "everything else"
-
-
-def _under(event, names) -> bool:
-    parent = event.cpu_parent
-    while parent is not None:
-        if parent.name.startswith(names):
-            return True
-        parent = parent.cpu_parent
-    return False
 
 
 def profile_steps(step, steps: int) -> dict:

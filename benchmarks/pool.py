@@ -82,15 +82,14 @@ def overhead(device, quick):
                  rounds=rounds, reps=reps) for n in modules]
 
 
-def table_section(rows, rounds) -> List[str]:
-    """The pooling fwd+bwd table, as Markdown lines (``rounds``: the speed table's, for a record
-    whose rows do not name theirs)."""
+def table_section(rows) -> List[str]:
+    """The pooling fwd+bwd table, as Markdown lines."""
     if not rows:
         return []
     lines = [
         "", "## Average pooling", "",
         "`strideconv.functional.avg_pool2d` against `F.avg_pool2d`, fwd+bwd with the input gradient, timed "
-        f"as above ({rows[0].get('rounds', rounds)} rounds; ratio of the medians, quartiles of "
+        f"as above ({rows[0]['rounds']} rounds; ratio of the medians, quartiles of "
         "the per-round ratios; `control` is `F.avg_pool2d` against itself). Pooling has no weight to "
         "tap-scale: every correction is a factor per input position, which the backward applies as it "
         "writes the input gradient (one pass).", "",

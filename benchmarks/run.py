@@ -177,7 +177,7 @@ def main(argv=None):
         *meta_lines(meta), "",
     ]
     lines += variance.report_section(var_rows, draws, pics) + [""]
-    lines += speed.report_section(speed_rows, speed_meta) + pool.table_section(pool_rows, speed_meta["rounds"])
+    lines += speed.report_section(speed_rows, speed_meta) + pool.table_section(pool_rows)
     lines += speed.overhead_section(overhead_rows, overhead_meta) + pool.overhead_section(pool_call_rows)
     lines += speed.context_section(context) if context else []
     if "transposed" not in args.skip:

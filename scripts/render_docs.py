@@ -96,7 +96,6 @@ def steps(data: dict) -> list:
     return lines
 
 
-
 def compiled_profile(data: dict) -> list:
     """Where a compiled step's time goes (benchmarks/compiled_profile.py): per model, the
     converted step's extra microseconds in each category, and plain's step time."""
@@ -109,6 +108,7 @@ def compiled_profile(data: dict) -> list:
         cells = [f"{r['converted'][c] - r['plain'][c]:+.0f}" for c in shown + ["total"]]
         lines.append(f"| {r['model']} | {r['plain']['total']:.0f} | " + " | ".join(cells) + " |")
     return lines
+
 
 _CORRECTION_NAMES = ("none", "map", "kernel", "position")
 

@@ -111,13 +111,13 @@ def train_lr(data: dict) -> list:
     for setting in st.settings:
         grid = data["grids"][setting["name"]]
         cells = [f"{min(grid):.2g}-{max(grid):.2g}"]
-        for name in columns:
-            if next(v for v in st.variants if v["name"] == name)["init"] not in setting["inits"]:
+        for v in st.variants:
+            if v["init"] not in setting["inits"]:
                 cells.append("–")
-            elif trains_nowhere(st.means[setting["name"]][name]):
+            elif trains_nowhere(st.means[setting["name"]][v["name"]]):
                 cells.append("none trains")
             else:
-                cells.append(f"{st.lr[(setting['name'], name)]:.2g}")
+                cells.append(f"{st.lr[(setting['name'], v['name'])]:.2g}")
         lines.append(f"| {_SETTINGS.get(setting['name'], setting['name'])} | " + " | ".join(cells) + " |")
     return lines
 
@@ -137,10 +137,9 @@ def train_cost(data: dict) -> list:
              "| setting | corrections: range | corrections: median | plain from other inits: range |",
              "|---|---|---|---|"]
     for setting in st.settings:
-        ratios = {v["name"]: st.step_ratio(setting["name"], v["name"]) for v in st.variants
-                  if v["init"] in setting["inits"] and v["name"] != "plain"}
-        corrected = [r for n, r in ratios.items() if not n.startswith("plain")]
-        same = [r for n, r in ratios.items() if n.startswith("plain")]
+        timed = [v for v in st.variants if v["init"] in setting["inits"] and v["name"] != "plain"]
+        corrected = [st.step_ratio(setting["name"], v["name"]) for v in timed if v["correction"] is not None]
+        same = [st.step_ratio(setting["name"], v["name"]) for v in timed if v["correction"] is None]
         lines.append(f"| {_SETTINGS.get(setting['name'], setting['name'])} | {min(corrected):.2f}-{max(corrected):.2f} "
                      f"| {statistics.median(corrected):.2f} | {min(same):.2f}-{max(same):.2f} |")
     return lines
