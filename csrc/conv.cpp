@@ -16,6 +16,8 @@
 #include "ops.h"
 #include "options.h"
 #include "output_factors.h"
+#include "cpu/scale_border.h"
+#include "cpu/scale_rows.h"
 
 namespace strideconv {
 
@@ -143,18 +145,24 @@ at::Tensor conv_transpose(
     return at::addcmul(bias->view(channel_shape), out, factors);
   }
 
-  // The weight path; ATen adds any bias.
+  // The weight path; ATen adds any bias. On the CPU, the weight and the band are scaled by the
+  // loops of cpu/ (the arguments are checked above), elsewhere by the dispatched ops.
   at::Tensor w = weight;
   if (kind == Correction::Map || !taps_trivial(kernel_size, o.stride_list(), o.dilation_list())) {
     // Under autocast, from the weight before its cast: rounded once (FullPrecisionWeight).
     const at::Tensor& source = FullPrecisionWeight::source_of(weight);
-    w = call_scale_weight(source, c10::fromIntArrayRefSlow(lengths), o.stride_list(), o.padding_list(),
-                          o.dilation_list(), correction, power, o.output_padding_list());
-    if (w.scalar_type() != weight.scalar_type()) w = w.to(weight.scalar_type());
+    const auto cpu_factors = [&] { return weight_factors(g, kind, power, source.scalar_type(), source.device()); };
+    if (!source.is_cpu() || !scale_rows_on_cpu(source, cpu_factors(), weight, w)) {
+      w = call_scale_weight(source, c10::fromIntArrayRefSlow(lengths), o.stride_list(), o.padding_list(),
+                            o.dilation_list(), correction, power, o.output_padding_list());
+      if (w.scalar_type() != weight.scalar_type()) w = w.to(weight.scalar_type());
+    }
   }
   at::Tensor out = at::convolution(input, w, bias, stride, padding, dilation, /*transposed=*/true,
                                    output_padding, groups);
-  if (kind == Correction::Position) {
+  if (kind == Correction::Position && out.is_cpu() && concrete(out)) {
+    scale_border_on_cpu(out, g, power, bias);
+  } else if (kind == Correction::Position) {
     call_scale_border_(out, kernel_size, o.stride_list(), o.padding_list(), o.dilation_list(), power,
                        o.output_padding_list(), bias);
   }

@@ -1,8 +1,8 @@
 // The Python module strideconv._C. Importing it runs the operator
 // registrations of the other files; it also exposes `conv_fast`, the common eager
-// call of strideconv.functional, checked in C++; `conv`, the eager entry of
-// strideconv.functional and the modules; and `conv_transpose`, the same for
-// torch.ops.strideconv.conv_transpose.
+// call of strideconv.functional, checked in C++, and `conv_transpose_fast`, the same
+// for the transposed convolutions; `conv`, the eager entry of strideconv.functional and
+// the modules; and `conv_transpose`, the same for torch.ops.strideconv.conv_transpose.
 //
 // `conv` calls the same registered operator as torch.ops.strideconv.conv, through the
 // dispatcher, so autograd, autocast, vmap and tensor subclasses see exactly the same
@@ -77,14 +77,47 @@ bool known_correction(PyObject* h, c10::string_view& name) {
   return name == "position" || name == "kernel" || name == "map" || name == "none";
 }
 
+// What the two fast entries below share: the tensors and settings of a common eager call, or
+// false where the Python entry must take its general path. Accepted: groups a plain int, power a
+// float in (0, inf), a known correction, tensors of the exact Tensor or Parameter types (no
+// subclass: no __torch_function__), no torch function mode, an input of nd + 2 dims, no jit
+// tracing. `correction` views the str's UTF-8 buffer, which lives as long as the call's arguments.
+struct FastCall {
+  at::Tensor input, weight;
+  std::optional<at::Tensor> bias;
+  int64_t groups = 0;
+  c10::string_view correction;
+  double power = 0;
+};
+
+bool fast_call(PyObject* input, PyObject* weight, PyObject* bias, PyObject* groups, PyObject* correction,
+               PyObject* power, int64_t nd, FastCall& call) {
+  if (!exact_int(groups, call.groups) || !PyFloat_CheckExact(power) || !known_correction(correction, call.correction)) {
+    return false;
+  }
+  call.power = PyFloat_AS_DOUBLE(power);
+  if (!(call.power > 0 && call.power < INFINITY)) return false;
+  if (!plain_tensor(input) || !plain_tensor(weight) || !(bias == Py_None || plain_tensor(bias)) ||
+      at::impl::torch_function_mode_enabled() || torch::jit::tracer::isTracing()) {
+    return false;
+  }
+  // Owned handles, taken while the GIL is held (as torch's own bindings take theirs): a tensor
+  // that Python owns costs a GIL round trip on its first extra C++ reference (torch 2.13
+  // counts its PyObject from C++), so the references autograd takes later, with the GIL
+  // released, must not be the first ones.
+  call.input = THPVariable_Unpack(input);
+  if (call.input.dim() != nd + 2) return false;
+  call.weight = THPVariable_Unpack(weight);
+  if (bias != Py_None) call.bias = THPVariable_Unpack(bias);
+  return true;
+}
+
 // The common eager call of strideconv.functional.conv1d/2d/3d and of the modules, checked and
 // run here rather than in Python (about 2 us of Python per call): stride, padding and dilation
-// each a plain int or a tuple of 1 or nd plain ints (as the modules store them), an int groups,
-// a float power in (0, inf), a known correction, tensors of the exact Tensor or Parameter types
-// (no subclass: no __torch_function__), no torch function mode, a batched input, no jit tracing.
-// Anything else returns None, and the Python entry takes its general path (every normalisation,
-// every refusal in torch's words). Python checks first that dynamo is not tracing: it must see
-// the op.
+// each a plain int or a tuple of 1 or nd plain ints (as the modules store them), and what
+// fast_call accepts. Anything else returns None, and the Python entry takes its general path
+// (every normalisation, every refusal in torch's words). Python checks first that dynamo is not
+// tracing: it must see the op.
 //
 // A plain CPython function (METH_FASTCALL), as torch's own bindings are: pybind11's generic
 // argument handling costs more than the checks themselves. Errors of the operator (ATen's, for
@@ -96,35 +129,19 @@ PyObject* conv_fast(PyObject* /*module*/, PyObject* const* args, Py_ssize_t narg
                     "conv_fast(input, weight, bias, stride, padding, dilation, groups, correction, power, nd)");
     return nullptr;
   }
-  const py::handle input(args[0]), weight(args[1]), bias(args[2]), correction(args[7]), power(args[8]);
-  int64_t nd = 0, g = 0;
+  int64_t nd = 0;
   std::array<int64_t, 3> sv{}, pv{}, dv{};
-  c10::string_view name;
+  FastCall c;
   if (!exact_int(args[9], nd) || nd < 1 || nd > 3 || !int_list(args[3], nd, sv) || !int_list(args[4], nd, pv) ||
-      !int_list(args[5], nd, dv) || !exact_int(args[6], g) || !PyFloat_CheckExact(power.ptr()) ||
-      !known_correction(correction.ptr(), name)) {
+      !int_list(args[5], nd, dv) || !fast_call(args[0], args[1], args[2], args[6], args[7], args[8], nd, c)) {
     Py_RETURN_NONE;
   }
-  const double pw = PyFloat_AS_DOUBLE(power.ptr());
-  if (!(pw > 0 && pw < INFINITY)) Py_RETURN_NONE;
-  if (!plain_tensor(input) || !plain_tensor(weight) || !(bias.is_none() || plain_tensor(bias)) ||
-      at::impl::torch_function_mode_enabled() || torch::jit::tracer::isTracing()) {
-    Py_RETURN_NONE;
-  }
-  // Owned handles, taken while the GIL is held (as torch's own bindings take theirs): a tensor
-  // that Python owns costs a GIL round trip on its first extra C++ reference (torch 2.13
-  // counts its PyObject from C++), so the references autograd takes below, with the GIL
-  // released, must not be the first ones.
-  const at::Tensor x = THPVariable_Unpack(input.ptr());
-  if (x.dim() != nd + 2) Py_RETURN_NONE;
-  const at::Tensor w = THPVariable_Unpack(weight.ptr());
-  std::optional<at::Tensor> b;
-  if (!bias.is_none()) b = THPVariable_Unpack(bias.ptr());
   at::Tensor out;
   {
     py::gil_scoped_release no_gil;
-    out = strideconv::call_conv(x, w, b, at::IntArrayRef(sv.data(), nd), at::IntArrayRef(pv.data(), nd),
-                                at::IntArrayRef(dv.data(), nd), g, name, pw);
+    out = strideconv::call_conv(c.input, c.weight, c.bias, at::IntArrayRef(sv.data(), nd),
+                                at::IntArrayRef(pv.data(), nd), at::IntArrayRef(dv.data(), nd), c.groups,
+                                c.correction, c.power);
   }
   return THPVariable_Wrap(std::move(out));
   END_HANDLE_TH_ERRORS
@@ -135,6 +152,42 @@ PyMethodDef conv_fast_def = {
     "conv_fast(input, weight, bias, stride, padding, dilation, groups, correction, power, nd): "
     "strideconv.functional's common eager call, checked in C++; None where the Python entry must take its "
     "general path"};
+
+// The same for the transposed convolutions (strideconv.functional.conv_transpose1d/2d/3d and the
+// modules without output_size): stride, padding, output_padding and dilation each a plain int or
+// a tuple of 1 or nd plain ints, and what fast_call accepts; None for anything else.
+PyObject* conv_transpose_fast(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 11) {
+    PyErr_SetString(PyExc_TypeError, "conv_transpose_fast(input, weight, bias, stride, padding, output_padding, "
+                                     "dilation, groups, correction, power, nd)");
+    return nullptr;
+  }
+  int64_t nd = 0;
+  std::array<int64_t, 3> sv{}, pv{}, ov{}, dv{};
+  FastCall c;
+  if (!exact_int(args[10], nd) || nd < 1 || nd > 3 || !int_list(args[3], nd, sv) || !int_list(args[4], nd, pv) ||
+      !int_list(args[5], nd, ov) || !int_list(args[6], nd, dv) ||
+      !fast_call(args[0], args[1], args[2], args[7], args[8], args[9], nd, c)) {
+    Py_RETURN_NONE;
+  }
+  at::Tensor out;
+  {
+    py::gil_scoped_release no_gil;
+    out = strideconv::call_conv_transpose(c.input, c.weight, c.bias, at::IntArrayRef(sv.data(), nd),
+                                          at::IntArrayRef(pv.data(), nd), at::IntArrayRef(ov.data(), nd),
+                                          at::IntArrayRef(dv.data(), nd), c.groups, c.correction, c.power);
+  }
+  return THPVariable_Wrap(std::move(out));
+  END_HANDLE_TH_ERRORS
+}
+
+PyMethodDef conv_transpose_fast_def = {
+    "conv_transpose_fast", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&conv_transpose_fast)),
+    METH_FASTCALL,
+    "conv_transpose_fast(input, weight, bias, stride, padding, output_padding, dilation, groups, correction, "
+    "power, nd): strideconv.functional's common eager transposed call, checked in C++; None where the Python "
+    "entry must take its general path"};
 
 // --- avg_pool2d ---------------------------------------------------------------------------------
 //
@@ -253,6 +306,9 @@ void pool_factor_remember(const at::Tensor& input, const at::Tensor& factor, std
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.add_object("conv_fast", py::reinterpret_steal<py::object>(
                                 PyCFunction_NewEx(&conv_fast_def, nullptr, m.attr("__name__").ptr())));
+  m.add_object("conv_transpose_fast",
+                py::reinterpret_steal<py::object>(
+                    PyCFunction_NewEx(&conv_transpose_fast_def, nullptr, m.attr("__name__").ptr())));
   m.def("conv", &strideconv::call_conv, "strideconv::conv, called through the dispatcher",
         pybind11::arg("input"), pybind11::arg("weight"), pybind11::arg("bias"),
         pybind11::arg("stride"), pybind11::arg("padding"), pybind11::arg("dilation"),

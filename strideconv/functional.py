@@ -17,6 +17,7 @@ __all__ = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
 
 _conv_op = torch.ops.strideconv.conv.default
 _conv_fast = _C.conv_fast
+_conv_transpose_fast = _C.conv_transpose_fast
 _pool_fast = _C.pool_fast
 _conv_transpose_op = torch.ops.strideconv.conv_transpose.default
 _has_torch_function = torch.overrides.has_torch_function_variadic
@@ -183,7 +184,13 @@ def _check_dims(input, nd: int, name: str) -> bool:
 
 def _conv_transpose_nd(input, weight, bias, stride, padding, output_padding, groups, dilation, correction,
                        power, nd):
-    """Public N-d entry of the transposed convolutions, as ``_conv_nd``."""
+    """Public N-d entry of the transposed convolutions, as ``_conv_nd``: the common call through
+    ``_C.conv_transpose_fast``, anything else normalised here."""
+    if not _dynamo_traces():
+        out = _conv_transpose_fast(input, weight, bias, stride, padding, output_padding, dilation, groups, correction,
+                                   power, nd)
+        if out is not None:
+            return out
     correction, power = check_correction(correction), check_power(power)
     batched = _check_dims(input, nd, f"conv_transpose{nd}d")
     stride, padding = int_tuple(stride, nd, "stride"), int_tuple(padding, nd, "padding")

@@ -11,7 +11,8 @@ from torch import nn
 
 from . import _C
 from ._arguments import check_correction, check_power, int_arg, int_tuple
-from .functional import _conv_fast, _conv_nd, _conv_transpose_nd, _dynamo_traces, _fast_path_allowed, avg_pool2d
+from .functional import (_conv_fast, _conv_nd, _conv_transpose_fast, _conv_transpose_nd, _dynamo_traces,
+                         _fast_path_allowed, avg_pool2d)
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "AvgPool2d"]
 
@@ -224,6 +225,11 @@ class _ConvTransposeNd(_Corrected):
 
     @torch.jit.unused
     def _eager_conv_transpose(self, input: torch.Tensor, output_size: Optional[List[int]]) -> torch.Tensor:
+        if output_size is None and self.padding_mode == "zeros" and not _dynamo_traces():  # checked in C++
+            out = _conv_transpose_fast(input, self.weight, self.bias, self.stride, self.padding, self.output_padding,
+                                       self.dilation, self.groups, self.correction, self.power, self._nd)
+            if out is not None:
+                return out
         if output_size is None:
             args = self._op_arguments()
             if args is not None and input.dim() == self._nd + 2 and _fast_path_allowed(input, self.weight, self.bias):

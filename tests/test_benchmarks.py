@@ -2,7 +2,6 @@
 it claims; studies/train.py's side-by-side runs are separate networks, and its --quick runs end to end."""
 
 import json
-import re
 import os
 import subprocess
 import sys

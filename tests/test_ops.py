@@ -250,3 +250,54 @@ def test_scale_taps_on_any_layout(dtype, device):
         got = torch.ops.strideconv.scale_taps(other, [2, 3], [1, 2], 0.5)
         assert got.stride() == other.stride()
         assert torch.equal(got, want)
+
+
+def test_transposed_fast_entry_is_the_op_and_steps_aside(monkeypatch):
+    """_C.conv_transpose_fast (the eager entry of functional.conv_transpose1d/2d/3d and of the
+    modules) runs the registered op for the common argument forms, with the op's node and
+    gradients, and returns None (the general path) for anything else; ATen's refusals reach
+    Python as they do from F.conv_transpose2d."""
+    import numpy as np
+    from torch.overrides import TorchFunctionMode
+
+    class Tagged(torch.Tensor):
+        pass
+
+    class Passing(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    fast, op = strideconv._C.conv_transpose_fast, torch.ops.strideconv.conv_transpose.default
+    torch.manual_seed(0)
+    x, w, b = (torch.randn(*s, requires_grad=True) for s in ((2, 3, 5, 5), (3, 4, 3, 3), (4,)))
+    for correction in ("none", "map", "kernel", "position"):
+        want = op(x, w, b, [2, 2], [1, 1], [1, 1], [1, 1], 1, correction, 0.5)
+        want_grads = torch.autograd.grad(want.square().sum(), (x, w, b))
+        for forms in ((2, 1, 1, 1), ((2,), (1,), (1,), (1,)), ((2, 2), (1, 1), (1, 1), (1, 1))):
+            got = fast(x, w, b, *forms, 1, correction, 0.5, 2)
+            assert torch.equal(got, want) and got.grad_fn.name() == want.grad_fn.name()
+            for u, v in zip(torch.autograd.grad(got.square().sum(), (x, w, b)), want_grads):
+                assert torch.equal(u, v)
+    common = (x, w, b, 2, 1, 1, 1, 1, "position", 0.5, 2)
+
+    def other(i, value):
+        return common[:i] + (value,) + common[i + 1:]
+
+    for args in (other(3, [2, 2]), other(3, np.int64(2)), other(3, True), other(5, (1, 1, 1)), other(7, np.int64(1)),
+                 other(8, "Position"), other(9, 1), other(9, float("inf")), other(9, -0.5), other(0, x[0]),
+                 other(0, x.as_subclass(Tagged)), other(2, b.as_subclass(Tagged)), other(10, 3)):
+        assert fast(*args) is None
+    with Passing():
+        assert fast(*common) is None
+    with pytest.raises(RuntimeError) as ours:
+        fast(*other(3, 0))
+    with pytest.raises(RuntimeError) as torchs:
+        F.conv_transpose2d(x, w, b, 0, 1, 1)
+    assert str(ours.value) == str(torchs.value)
+    # the module's common call takes it too, and gives the functional result
+    calls = []
+    monkeypatch.setattr(strideconv.modules, "_conv_transpose_fast", lambda *a: calls.append(a) or fast(*a))
+    module = strideconv.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1)
+    y = module(x)
+    assert len(calls) == 1 and torch.equal(y, strideconv.functional.conv_transpose2d(x, module.weight, module.bias, 2,
+                                                                                      1, 1))

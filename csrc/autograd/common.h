@@ -9,7 +9,6 @@
 #include <ATen/EmptyTensor.h>
 #include <ATen/FuncTorchTLS.h>
 #include <ATen/MemoryOverlap.h>
-#include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
@@ -28,6 +27,7 @@
 #include "../ops.h"
 #include "../options.h"
 #include "../output_factors.h"
+#include "../cpu/scale_rows.h"  // concrete(), scale_rows_on_cpu
 
 namespace strideconv {
 namespace autograd {
@@ -71,15 +71,6 @@ inline bool records_graph(const at::Tensor& a, const at::Tensor& b = at::Tensor(
   if (!at::GradMode::is_enabled()) return false;
   const auto tracked = [](const at::Tensor& t) { return t.defined() && t.requires_grad(); };
   return tracked(a) || tracked(b) || (c.has_value() && tracked(*c));
-}
-
-// A tensor with storage that no tracing sees (not fake, functional or meta, no dispatch
-// mode active): the backward may then use cached factor tensors directly. Otherwise it
-// goes through the registered ops, which tracing records.
-inline bool concrete(const at::Tensor& t) {
-  static const c10::DispatchKeySet traced({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot,
-                                           c10::DispatchKey::Functionalize});
-  return !t.key_set().has_any(traced) && !t.is_meta() && !c10::impl::TorchDispatchModeTLS::any_modes_set();
 }
 
 // Whether an incoming gradient is ours to scale in place, as autograd's AccumulateGrad decides

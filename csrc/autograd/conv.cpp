@@ -23,30 +23,6 @@ namespace strideconv {
 namespace autograd {
 namespace {
 
-// `source` (a contiguous CPU weight of the same float or double dtype as `like`) times the tap
-// factors `f` (contiguous, one value per tap, repeating along the weight's rows) into a new
-// tensor `out`, by the scale_taps kernel's loop (cpu/scale_rows.h) and without a dispatched op;
-// false (nothing done) for anything else. Inside the backward, the first dispatched op ahead of
-// the convolution backward was measured at about 4 us per call on CPU (a 3x3 weight: `at::mul`
-// in a C++ loop costs 0.5); this loop costs what the multiply costs. The rounding is the same:
-// one multiply in the weight's dtype by factors of that dtype.
-bool scale_rows_on_cpu(const at::Tensor& source, const at::Tensor& f, const at::Tensor& like, at::Tensor& out) {
-  const at::ScalarType dtype = like.scalar_type();
-  if (!source.is_cpu() || source.scalar_type() != dtype || f.scalar_type() != dtype ||
-      (dtype != at::kFloat && dtype != at::kDouble) || !source.is_contiguous() || !f.is_contiguous() ||
-      f.device() != source.device()) {
-    return false;
-  }
-  const int64_t taps = f.numel(), n = source.numel();
-  if (taps == 0 || n % taps != 0) return false;
-  out = at::detail::empty_cpu(source.sizes(), dtype, /*pin_memory=*/false, c10::MemoryFormat::Contiguous);
-  AT_DISPATCH_FLOATING_TYPES(dtype, "strideconv_scale_rows", [&] {
-    scale_rows(source.const_data_ptr<scalar_t>(), f.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-               n / taps, taps);
-  });
-  return true;
-}
-
 // The backward of conv: one ATen convolution backward with the weight scaled by
 // scale_weight (grad_weight and grad_bias do not depend on it, so they come out
 // true), then, for "position", scale_border_ on the border band of grad_input.

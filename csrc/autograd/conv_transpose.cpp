@@ -7,6 +7,7 @@
 // scaling again on the weight gradient (the chain rule through a diagonal map).
 
 #include "common.h"
+#include "../cpu/scale_border.h"
 
 namespace strideconv {
 namespace autograd {
@@ -19,7 +20,9 @@ namespace {
 // again on the weight gradient (the adjoint of a diagonal map is itself). On the weight
 // path "position" scales the border band of the incoming gradient, nothing when the band
 // is empty. Each scaling is in place when the incoming gradient is ours (ours_to_scale),
-// on a copy otherwise.
+// on a copy otherwise. Without create_graph, on concrete CPU tensors, the scalings read the
+// cached factors and run the CPU loops (cpu/) instead of dispatched ops, as conv's node does:
+// in a small decoder layer's step, each dispatched op cost more than the work it did.
 struct ConvTransposeBackward final : ConvNode {
   std::string name() const override { return "strideconv::ConvTransposeBackward"; }
 
@@ -42,23 +45,14 @@ struct ConvTransposeBackward final : ConvNode {
       if (need_input || need_weight) {
         // Reduced precision: float32 factors, and the product rounded once (as in the forward).
         const bool reduced = reduced_precision(grad.scalar_type());
-        at::Tensor like = grad.detach();
-        if (reduced) {
-          std::vector<c10::SymInt> shape{1, 1};
-          for (const auto& size : grad.sym_sizes().slice(2)) shape.push_back(size);
-          like = at::empty_symint(shape, grad.options().dtype(at::kFloat));
-        }
-        const at::Tensor factors = call_output_factors(
-            like, kernel_size, o.stride_list(), o.padding_list(), o.dilation_list(),
-            o.output_padding_list(), correction_name(o.correction), o.power);
         at::Tensor scaled;
-        if (in_place) {
-          scaled = grad.mul_(factors);
-        } else if (reduced && !differentiable) {
-          scaled = at::empty_like(grad);
-          at::mul_out(scaled, grad, factors);
+        if (o.correction != Correction::Map && !differentiable && !reduced && grad.is_cpu() && concrete(grad)) {
+          // The cached map itself (the forward checked the options), read, never handed out.
+          const at::Tensor factors = output_factor_map(make_geometry(grad.sizes().slice(2), kernel_size, o),
+                                                       o.correction, o.power, grad.scalar_type(), grad.device());
+          scaled = in_place ? grad.mul_(factors) : grad.mul(factors);
         } else {
-          scaled = grad.mul(factors.to(grad.scalar_type()));
+          scaled = scaled_by_op(grad, kernel_size, reduced, differentiable, in_place);
         }
         std::tie(grad_input, grad_weight, std::ignore) = at::convolution_backward_symint(
             scaled, input, weight, std::nullopt, symint_list(o.stride_list()), symint_list(o.padding_list()),
@@ -72,18 +66,33 @@ struct ConvTransposeBackward final : ConvNode {
                         (o.correction != Correction::None &&
                          !taps_trivial(kernel_size, o.stride_list(), o.dilation_list()));
     const auto output_size = grad.sym_sizes().slice(2);
+    // Without create_graph, on concrete CPU tensors: the cached factors and the CPU loops
+    // (cpu/), as in the forward; otherwise the registered ops (differentiable, traceable).
+    const bool direct = !differentiable && grad.is_cpu() && concrete(grad);
+    std::optional<Geometry> geometry;
+    if (direct) geometry = make_geometry(grad.sizes().slice(2), kernel_size, o);
     const auto scale = [&](const at::Tensor& t) {
+      at::Tensor out;
+      if (direct && scale_rows_on_cpu(t, weight_factors(*geometry, o.correction, o.power, t.scalar_type(), t.device()),
+                                      t, out)) {
+        return out;
+      }
       return call_scale_weight(t, output_size, o.stride_list(), o.padding_list(), o.dilation_list(),
                                correction_name(o.correction), o.power, o.output_padding_list());
     };
     // the scaled weight, from the full-precision one under autocast (rounded once)
-    const auto scaled_weight = [&] { return scale(weight_to_scale(weight)).to(weight.scalar_type()); };
+    const auto scaled_weight = [&] {
+      at::Tensor w = scale(weight_to_scale(weight));
+      return w.scalar_type() == weight.scalar_type() ? w : w.to(weight.scalar_type());
+    };
     at::Tensor g = grad;
     if (o.correction == Correction::Position && (need_input || need_weight) &&
         !band_is_empty(grad, kernel_size)) {
       if (need_bias) grad_bias = plain_bias_gradient();
       need_bias = false;
-      if (in_place) {
+      if (in_place && direct) {
+        scale_border_on_cpu(g, *geometry, o.power);
+      } else if (in_place) {
         call_scale_border_(g, kernel_size, o.stride_list(), o.padding_list(), o.dilation_list(), o.power,
                            o.output_padding_list());
       } else {
@@ -105,6 +114,29 @@ struct ConvTransposeBackward final : ConvNode {
   }
 
  private:
+  // The incoming gradient times the output factors, the factors from the registered op
+  // (differentiable under create_graph, recorded by tracing); reduced precision: float32
+  // factors, and the product rounded once (as in the forward).
+  at::Tensor scaled_by_op(const at::Tensor& grad, at::IntArrayRef kernel_size, bool reduced, bool differentiable,
+                          bool in_place) const {
+    at::Tensor like = grad.detach();
+    if (reduced) {
+      std::vector<c10::SymInt> shape{1, 1};
+      for (const auto& size : grad.sym_sizes().slice(2)) shape.push_back(size);
+      like = at::empty_symint(shape, grad.options().dtype(at::kFloat));
+    }
+    const at::Tensor factors = call_output_factors(like, kernel_size, o.stride_list(), o.padding_list(),
+                                                   o.dilation_list(), o.output_padding_list(),
+                                                   correction_name(o.correction), o.power);
+    if (in_place) return grad.mul_(factors);
+    if (reduced && !differentiable) {
+      at::Tensor scaled = at::empty_like(grad);
+      at::mul_out(scaled, grad, factors);
+      return scaled;
+    }
+    return grad.mul(factors.to(grad.scalar_type()));
+  }
+
   // Whether the output's border band is empty (every output position has the interior's
   // count), known only for concrete sizes; under tracing with symbolic sizes, not assumed.
   bool band_is_empty(const at::Tensor& grad, at::IntArrayRef kernel_size) const {

@@ -17,6 +17,7 @@
 
 #include "../lru_cache.h"
 #include "../options.h"
+#include "../output_factors.h"
 #include "scale_border.h"
 #include "scale_rows.h"
 
@@ -119,10 +120,10 @@ void scale_band(at::Tensor& grad, const Geometry& g, double power, const std::op
 
 }  // namespace
 
-void scale_border_on_cpu(at::Tensor& grad, const Geometry& g, double power) {
+void scale_border_on_cpu(at::Tensor& grad, const Geometry& g, double power, const std::optional<at::Tensor>& bias) {
   if (grad.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "scale_border_cpu", [&] {
-    scale_band<scalar_t>(grad, g, power, std::nullopt);
+    scale_band<scalar_t>(grad, g, power, bias);
   });
 }
 
@@ -134,10 +135,7 @@ void scale_border_inplace(
     at::IntArrayRef output_padding, const std::optional<at::Tensor>& bias) {
   const Geometry g = border_geometry(grad, kernel_size, stride, padding, dilation, power, output_padding, bias);
   at::assert_no_internal_overlap(grad);
-  if (grad.numel() == 0) return;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "scale_border_cpu", [&] {
-    scale_band<scalar_t>(grad, g, power, bias);
-  });
+  scale_border_on_cpu(grad, g, power, bias);
 }
 
 at::Tensor scale_taps(const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef dilation,
@@ -145,34 +143,19 @@ at::Tensor scale_taps(const at::Tensor& weight, at::IntArrayRef stride, at::IntA
   const Geometry g = tap_geometry(weight, stride, dilation, power);
   at::Tensor out = at::empty_like(weight);
   if (out.numel() == 0) return out;
+  // One factor per tap, the last axis fastest, shaped (1, 1, *kernel), in opmath_t: the cached
+  // factors (output_factors.h) that the backward nodes and the transposed kernel use as well.
+  const at::Tensor f = weight_factors(g, Correction::Kernel, power, weight.scalar_type(), weight.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "scale_taps_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    std::vector<opmath_t> factor[kMaxSpatialDims];  // per axis, per tap
-    for (int d = 0; d < g.ndim; ++d) {
-      for (int64_t t = 0; t < g.axis[d].kernel; ++t)
-        factor[d].push_back(g.axis[d].tap_factor<opmath_t>(t, opmath_t(power)));
-    }
-    std::vector<opmath_t> flat(1, opmath_t(1));  // one factor per tap, the last axis fastest
-    for (int d = 0; d < g.ndim; ++d) {
-      std::vector<opmath_t> next;
-      for (const opmath_t a : flat)
-        for (const opmath_t b : factor[d]) next.push_back(a * b);
-      flat.swap(next);
-    }
-    const int64_t taps = static_cast<int64_t>(flat.size());
     if (weight.is_contiguous() && out.is_contiguous()) {  // the usual layout (scale_rows.h)
-      scale_rows(weight.const_data_ptr<scalar_t>(), flat.data(), out.data_ptr<scalar_t>(), weight.numel() / taps,
-                 taps);
+      scale_rows(weight.const_data_ptr<scalar_t>(), f.const_data_ptr<opmath_t>(), out.data_ptr<scalar_t>(),
+                 weight.numel() / f.numel(), f.numel());
       return;
     }
     // Any other layout (channels_last, as inductor lays weights out for convolutions): the factors
-    // as a (1, 1, *kernel) tensor in opmath_t, broadcast by TensorIterator, which walks the strides
-    // in memory order; the product is taken in opmath_t and rounded once into `out`.
-    std::vector<int64_t> shape{1, 1};
-    for (int d = 0; d < g.ndim; ++d) shape.push_back(g.axis[d].kernel);
-    const at::Tensor f = at::tensor(at::ArrayRef<opmath_t>(flat), weight.options().dtype(
-                                                                      c10::CppTypeToScalarType<opmath_t>::value))
-                             .view(shape);
+    // broadcast by TensorIterator, which walks the strides in memory order; the product is taken
+    // in opmath_t and rounded once into `out`.
     at::mul_out(out, weight, f);
   });
   return out;
