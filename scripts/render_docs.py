@@ -113,6 +113,24 @@ def compiled_profile(data: dict) -> list:
 _CORRECTION_NAMES = ("none", "map", "kernel", "position")
 
 
+def callgrind(data: dict) -> list:
+    """Whole steps under callgrind (benchmarks/callgrind_steps.py): per model, what a converted
+    step adds to a plain one in instructions and simulated first-level cache misses."""
+    events = [("Ir", "instructions"), ("I1mr", "L1 instruction misses"), ("D1mr", "L1 data read misses"),
+              ("D1mw", "L1 data write misses")]
+    lines = [f"Per eager step (CPU, one thread, batch 8), from callgrind's cache simulation: the difference between "
+             f"{data['steps']} more steps and the warm-up alone, over {data['steps']}; converted minus plain, and "
+             "that as a share of plain; control: plain measured again in its own processes (the method's scatter). "
+             "Counts of a simulated machine, not times.", "",
+             "| model | | " + " | ".join(name for _, name in events) + " |", "|---|---|" + "---|" * len(events)]
+    for r in data["rows"]:
+        for variant in ("converted", "control"):
+            cells = [f"{r[variant][e] - r['plain'][e]:+,.0f} ({(r[variant][e] - r['plain'][e]) / r['plain'][e]:+.1%})"
+                     for e, _ in events]
+            lines.append(f"| {r['model']} | {variant} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _ratio_cell(r: dict) -> str:
     return f"{r['train_ratio']:.3f} ({r['train_q1']:.2f}-{r['train_q3']:.2f})"
 
@@ -247,7 +265,7 @@ def transposed_variance(data: dict) -> list:
                     f"| {r['mean_var_over_stride1']:.2f} |" for r in ratios]
 
 
-RENDERERS = {"models": models, "compiled_profile": compiled_profile, "mode_cost": mode_cost, "steps": steps, "speed": speed, "overhead": overhead,
+RENDERERS = {"models": models, "callgrind": callgrind, "compiled_profile": compiled_profile, "mode_cost": mode_cost, "steps": steps, "speed": speed, "overhead": overhead,
              "variance": variance, "gpu_speed": gpu_speed, "pool": pool, "pool_call": pool_call, "transposed": transposed,
              "transposed_variance": transposed_variance, **render_studies.RENDERERS}
 

@@ -28,16 +28,17 @@ def test_per_step_and_report():
     step = callgrind_steps.per_step(counts, 4)
     assert step == {e: 10.0 * (i + 1) for i, e in enumerate(events)}
     converted = {e: v * 1.5 for e, v in step.items()}
+    control = {e: v + 1 for e, v in step.items()}
     meta = dict(commit="abc", dirty=False, command="python x", date="2026-01-01", machine="m", torch="t",
                 device="cpu: CPU", threads=1)
-    text = callgrind_steps.report(meta, [dict(model="M", plain=step, converted=converted)], 4)
-    assert "## M" in text and "| instructions | 10 | 15 | +5 | +50.0% |" in text
-    assert "| L1 instruction misses | 40 | 60 | +20 | +50.0% |" in text
+    text = callgrind_steps.report(meta, [dict(model="M", plain=step, converted=converted, control=control)], 4)
+    assert "## M" in text and "| instructions | 10 | 15 | +5 | +50.0% | +1 |" in text
+    assert "| L1 instruction misses | 40 | 60 | +20 | +50.0% | +1 |" in text
 
 
 def test_child_runs_the_steps():
     """What runs under valgrind: the pair built as models.py builds it, the steps of one variant."""
-    for variant in ("plain", "converted"):
+    for variant in callgrind_steps.VARIANTS:
         proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "callgrind_steps.py"), "--child",
                                "DCGAN generator", variant, "1"], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
