@@ -33,6 +33,11 @@ struct ConvTransposeBackward final : ConvNode {
     std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
     if (!differentiable) below_autograd.emplace();
     const bool in_place = !differentiable && ours_to_scale(grad);  // before any copy of the handle
+    // Without create_graph, on concrete CPU tensors: the cached factors and the CPU loops
+    // (cpu/), as in the forward; otherwise the registered ops (differentiable, traceable).
+    const bool direct = !differentiable && grad.is_cpu() && concrete(grad);
+    std::optional<Geometry> geometry;
+    if (direct) geometry = make_geometry(grad.sizes().slice(2), kernel_size, o);
     const auto plain_bias_gradient = [&] {  // the bias is added after the scaling
       std::vector<int64_t> dims{0};
       for (int d = 0; d < o.ndim; ++d) dims.push_back(2 + d);
@@ -46,10 +51,10 @@ struct ConvTransposeBackward final : ConvNode {
         // Reduced precision: float32 factors, and the product rounded once (as in the forward).
         const bool reduced = reduced_precision(grad.scalar_type());
         at::Tensor scaled;
-        if (o.correction != Correction::Map && !differentiable && !reduced && grad.is_cpu() && concrete(grad)) {
+        if (direct && o.correction != Correction::Map && !reduced) {
           // The cached map itself (the forward checked the options), read, never handed out.
-          const at::Tensor factors = output_factor_map(make_geometry(grad.sizes().slice(2), kernel_size, o),
-                                                       o.correction, o.power, grad.scalar_type(), grad.device());
+          const at::Tensor factors =
+              output_factor_map(*geometry, o.correction, o.power, grad.scalar_type(), grad.device());
           scaled = in_place ? grad.mul_(factors) : grad.mul(factors);
         } else {
           scaled = scaled_by_op(grad, kernel_size, reduced, differentiable, in_place);
@@ -66,11 +71,6 @@ struct ConvTransposeBackward final : ConvNode {
                         (o.correction != Correction::None &&
                          !taps_trivial(kernel_size, o.stride_list(), o.dilation_list()));
     const auto output_size = grad.sym_sizes().slice(2);
-    // Without create_graph, on concrete CPU tensors: the cached factors and the CPU loops
-    // (cpu/), as in the forward; otherwise the registered ops (differentiable, traceable).
-    const bool direct = !differentiable && grad.is_cpu() && concrete(grad);
-    std::optional<Geometry> geometry;
-    if (direct) geometry = make_geometry(grad.sizes().slice(2), kernel_size, o);
     const auto scale = [&](const at::Tensor& t) {
       at::Tensor out;
       if (direct && scale_rows_on_cpu(t, weight_factors(*geometry, o.correction, o.power, t.scalar_type(), t.device()),
